@@ -1,0 +1,1 @@
+"""Evaluation loop, sweeps, result files and tables, regression compare, plots."""

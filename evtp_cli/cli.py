@@ -1,0 +1,110 @@
+"""The `evtp` command line: thin Typer commands over the library.
+
+Every error a user can cause is an `EvtpError` (or a Click usage error) and ends in one red line with
+exit code 2; `--debug` (anywhere on the command line) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from evtp_cli.errors import EvtpError
+
+app = typer.Typer(
+    name="evtp",
+    help="Benchmark visual-token pruning for instruction-based visual segmentation (IVS) MLLMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_USER_ERROR = 2
+
+
+def _exception_types(attr: str) -> tuple[type[BaseException], ...]:
+    """Click's exception classes, from Typer's vendored copy and/or click itself."""
+    found = []
+    for module_name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if hasattr(module, attr):
+            found.append(getattr(module, attr))
+    return tuple(found)
+
+
+_USAGE_ERRORS = _exception_types("ClickException")
+_ABORTS = _exception_types("Abort") + (typer.Abort,)
+_EXITS = _exception_types("Exit") + (typer.Exit,)
+
+
+@app.callback()
+def _root() -> None:
+    """Benchmark visual-token pruning for instruction-based visual segmentation (IVS) MLLMs.
+
+    Add --debug anywhere to see a traceback instead of a one-line error.
+    """
+
+
+@app.command("list")
+def list_command(
+    kind: Optional[str] = typer.Argument(None, help="Only this kind: pruners, models or datasets."),
+) -> None:
+    """List registered pruners, models and datasets with one-line descriptions."""
+    from evtp_cli.data import DATASETS
+    from evtp_cli.models import MODELS
+    from evtp_cli.pruners import PRUNERS
+
+    registries = {"pruners": PRUNERS, "models": MODELS, "datasets": DATASETS}
+    if kind is not None and kind not in registries:
+        raise EvtpError(f"unknown kind {kind!r}; choose one of: {', '.join(registries)}")
+    for name, registry in registries.items():
+        if kind is not None and name != kind:
+            continue
+        table = Table(title=name, title_justify="left", show_header=False, box=None, pad_edge=False)
+        table.add_column("name", style="bold cyan", no_wrap=True)
+        table.add_column("description")
+        for entry in registry.entries():
+            table.add_row(entry.name, entry.description)
+        console.print(table)
+        console.print()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `evtp` script and `python -m evtp_cli`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        code = app(args=args, prog_name="evtp", standalone_mode=False)
+    except _EXITS as exc:
+        code = getattr(exc, "exit_code", 0)
+    except _USAGE_ERRORS as exc:
+        if debug:
+            traceback.print_exc()
+        exc.show()  # type: ignore[attr-defined]
+        code = EXIT_USER_ERROR
+    except _ABORTS:
+        err_console.print("[red]aborted[/red]")
+        code = 130
+    except EvtpError as exc:
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        code = EXIT_USER_ERROR
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,84 @@
+"""The sample contract (DESIGN.md) and the dataset base class."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import numpy as np
+
+Task = Literal["image", "video"]
+
+
+@dataclass
+class Sample:
+    """One referring expression (or question) on one image or video.
+
+    frames: sequence (possibly lazy) of uint8 RGB arrays [H, W, 3]; one for an image.
+    masks: bool [T, H, W] ground truth for every frame (all-False where the target is absent), or None
+        for splits without public ground truth.
+    ignore: bool [T, H, W] pixels the metrics skip, or None.
+    meta: source ids (video_id/exp_id for video sets; ref_id/ann_id/image_id for RefCOCO...).
+    """
+
+    id: str
+    task: Task
+    text: str
+    frames: Sequence[np.ndarray]
+    masks: np.ndarray | None
+    ignore: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+
+class LazyFrames(Sequence[np.ndarray]):
+    """Frames read on access by `loader(i)`, so a video's JPEGs are only decoded when a model asks."""
+
+    def __init__(self, count: int, loader: Callable[[int], np.ndarray]):
+        self._count = count
+        self._loader = loader
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self._loader(i) for i in range(*index.indices(self._count))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        return self._loader(index)
+
+
+class Dataset:
+    """A sized iterable of samples. Subclasses implement `__len__` and `get(i)`.
+
+    `name`, `split` and `task` are what result rows report.
+    """
+
+    name: str = ""
+    split: str = ""
+    task: Task = "image"
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def get(self, index: int) -> Sample:
+        raise NotImplementedError
+
+    def sample_id(self, index: int) -> str:
+        """The id of sample `index` without loading its pixels (used to resume and to shard)."""
+        return self.get(index).id
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.get(index)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self.get(i)

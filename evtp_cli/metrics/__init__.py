@@ -1,0 +1,11 @@
+"""Segmentation metrics (numpy bool masks [H, W]) and latency timing. See DESIGN.md, metrics contract."""
+
+from evtp_cli.metrics.segmentation import (
+    IoUAccumulator,
+    JFAccumulator,
+    boundary_f,
+    region_similarity,
+    seg2bmap,
+)
+
+__all__ = ["IoUAccumulator", "JFAccumulator", "boundary_f", "region_similarity", "seg2bmap"]

@@ -1,0 +1,25 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+# keep the suite deterministic and light on the 2-core CI machine
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def grid_coords(height: int, width: int, frames: int = 1) -> torch.Tensor:
+    """(t, y, x) patch-centre coordinates for a frames x height x width token grid, as models give them."""
+    t = torch.arange(frames, dtype=torch.float32)
+    t = t / (frames - 1) if frames > 1 else t
+    y = (torch.arange(height, dtype=torch.float32) + 0.5) / height
+    x = (torch.arange(width, dtype=torch.float32) + 0.5) / width
+    tt, yy, xx = torch.meshgrid(t, y, x, indexing="ij")
+    return torch.stack([tt.flatten(), yy.flatten(), xx.flatten()], dim=1)
