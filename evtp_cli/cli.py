@@ -106,5 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     raise SystemExit(code if isinstance(code, int) else 0)
 
 
+# Command modules register themselves on `app` when imported (one module per area).
+from evtp_cli.commands import data as _data_commands  # noqa: E402,F401
+
 if __name__ == "__main__":  # pragma: no cover
     main()

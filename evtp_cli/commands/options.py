@@ -1,0 +1,23 @@
+"""Shared option aliases for the Typer commands, so every command spells an option the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+Model = typer.Option("tiny-ivs", "--model", "-m", help="Model as name[:key=value,...], e.g. tiny-ivs.")
+Models = typer.Option(None, "--models", "-m", help="Models (repeat the flag or separate with commas).")
+Dataset = typer.Option(None, "--dataset", "-d", help="Dataset as name[:key=value,...]; repeat for several.")
+Datasets = typer.Option(None, "--datasets", "-d", help="Datasets (repeat the flag or separate with commas).")
+Pruner = typer.Option("evtp", "--pruner", "-p", help="Pruner as name[:key=value,...], e.g. evtp:spatial_weight=0.5.")
+Pruners = typer.Option(None, "--pruners", "-p", help="Pruners (repeat the flag or separate with commas).")
+Ratio = typer.Option(0.2, "--ratio", "-r", help="Keep ratio in (0, 1]: the fraction of visual tokens kept.")
+Ratios = typer.Option(None, "--ratios", "-r", help="Keep ratios (repeat the flag or separate with commas).")
+Limit = typer.Option(None, "--limit", "-n", help="Evaluate at most this many samples per dataset.")
+Seed = typer.Option(0, "--seed", help="Seed for random pruners and anything else stochastic.")
+Output = typer.Option(None, "--output", "-o", help="Output folder for results.json, results.csv and samples.jsonl.")
+Device = typer.Option("cpu", "--device", help="Torch device, e.g. cpu, cuda, cuda:1.")
+
+__all__ = ["List", "Optional", "Path"]

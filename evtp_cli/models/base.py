@@ -1,0 +1,105 @@
+"""The IVS model interface every backend implements (tiny-ivs, the Sa2VA-style transformers backends).
+
+The evaluation loop drives a model in three calls, timing each stage:
+
+    tokens = model.encode(sample, timer)            # "vision": frames -> visual tokens as the LLM gets them
+    merged = pruner.select_and_merge(tokens.features, tokens.coords, k, tokens.context)   # "select"
+    pred = model.decode(sample, tokens, PrunePlan(...), timer)   # "prefill", "decode", "mask"
+
+`encode` returns the visual tokens of the frames the LLM sees (key frames for video) with their
+(t, y, x) coordinates in [0, 1] on the model's own grid; `decode` runs the LLM on the kept tokens only
+(keeping their original positions) and the mask decoder on every frame with the full, unpruned
+vision features. A model never imports a pruner; pruners that act inside the model (stage "vision" or
+"llm") are passed in the plan as callables.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+
+from evtp_cli.data.base import Sample
+from evtp_cli.metrics.timing import StageTimer
+from evtp_cli.pruners.base import PruneContext
+
+
+@dataclass
+class VisualTokens:
+    """Visual tokens of one sample as the LLM would receive them.
+
+    features: [N, d] after the projector. coords: [N, 3] = (t, y, x) in [0, 1]. frame_ids: [N] index of
+    the key frame each token comes from. context: what this backend offers pruners. state: private to
+    the backend (full features for the mask decoder, prompt pieces, caches).
+    """
+
+    features: torch.Tensor
+    coords: torch.Tensor
+    frame_ids: torch.Tensor
+    context: PruneContext
+    state: Any = None
+
+    @property
+    def count(self) -> int:
+        return int(self.features.shape[0])
+
+
+@dataclass
+class PrunePlan:
+    """What to keep. `keep=None` is the unpruned reference.
+
+    keep: sorted LongTensor of kept visual-token indices.
+    features / coords: replacement tokens aligned with `keep` (merging methods); None = the originals.
+    inner: for methods that act inside the model (stage "vision" or "llm"): a callable
+        `inner(hook_state) -> LongTensor` the backend calls at `inner_layer`, with `inner_keep` tokens to keep.
+    """
+
+    keep: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    coords: torch.Tensor | None = None
+    inner: Callable[..., Any] | None = None
+    inner_layer: int | None = None
+    inner_keep: int | None = None
+
+
+@dataclass
+class Prediction:
+    """masks: bool [T, H, W] for every frame of the sample. text: the generated answer, if any."""
+
+    masks: np.ndarray
+    text: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class IVSModel(abc.ABC):
+    """Base class of IVS backends. Subclasses define `Config` (a dataclass) and the three methods."""
+
+    name: ClassVar[str] = ""
+    #: stages of pruning this backend supports besides "pre-llm"
+    inner_stages: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(getattr(self.config, "device", "cpu"))
+
+    @abc.abstractmethod
+    def encode(self, sample: Sample, timer: StageTimer) -> VisualTokens:
+        """Frames -> visual tokens of the key frames (timed as "vision")."""
+
+    @abc.abstractmethod
+    def decode(self, sample: Sample, tokens: VisualTokens, plan: PrunePlan, timer: StageTimer) -> Prediction:
+        """LLM on the kept tokens + mask decoder on all frames (timed as "prefill", "decode", "mask")."""
+
+    def info(self) -> dict[str, Any]:
+        """A short description of the loaded model for results.json's meta."""
+        return {"name": self.name}
+
+    def prefill_flops(self, sequence_length: int) -> float | None:
+        """Analytic prefill FLOPs for a sequence length, where the backend knows its shapes."""
+        return None
