@@ -368,11 +368,17 @@ class _SyntheticBase(Dataset):
         if index in self._cache:
             return self._cache[index]
         scene = generate_scene(self.rng(index), self.scene_config())
+        frames = scene.frames
+        if getattr(self.config, "jpeg", False):
+            # the frames a reader decodes from `evtp make-synthetic` output, for exact comparisons
+            from evtp_cli.data.files import jpeg_roundtrip
+
+            frames = [jpeg_roundtrip(frame) for frame in frames]
         sample = Sample(
             id=self.sample_id(index),
             task=self.task,
             text=scene.text,
-            frames=scene.frames,
+            frames=frames,
             masks=scene.instance_masks[scene.target].copy(),
             ignore=None,
             meta={
@@ -417,6 +423,7 @@ class SyntheticImage(_SyntheticBase):
         size: int = 64
         split: Literal["train", "val", "test"] = "test"
         cache: bool = True
+        jpeg: bool = False  # frames as decoded from the exporter's JPEG files
 
         def __post_init__(self) -> None:
             _check_common(self)
@@ -438,6 +445,7 @@ class SyntheticVideo(_SyntheticBase):
         frames: int = 8
         split: Literal["train", "val", "test"] = "test"
         cache: bool = True
+        jpeg: bool = False  # frames as decoded from the exporter's JPEG files
 
         def __post_init__(self) -> None:
             _check_common(self)
