@@ -14,12 +14,7 @@ Scores follow that MLLM protocol: J and F per frame, mean per expression, then m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
-
-from evtp_cli.data.files import require_dir
-from evtp_cli.data.rvos import Expression, ExpressionVideoDataset, load_mask_dict, read_anno_ids, read_expressions
+from evtp_cli.data.rvos import Expression, YTVOSLayoutDataset, load_mask_dict, read_anno_ids
 
 LAYOUT = """\
   ROOT/
@@ -36,35 +31,22 @@ def assign_anno_ids(items: list[Expression]) -> None:
         item.anno_ids = [str(count)]
 
 
-class RefDAVIS17(ExpressionVideoDataset):
+class RefDAVIS17(YTVOSLayoutDataset):
     """Ref-DAVIS17 as MLLM papers (VISA, Sa2VA) evaluate it: per-expression J&F averaging."""
 
     name = "davis17"
     layout = LAYOUT
     protocol = "MLLM Ref-DAVIS17 (VISA / Sa2VA): J, F mean per expression, then mean over expressions"
 
-    @dataclass
-    class Config:
-        root: str
-        split: Literal["train", "valid"] = "valid"
-
-    def _load(self) -> list[Expression]:
-        split = self.config.split
-        path = self.root / "meta_expressions" / split / "meta_expressions.json"
-        items = read_expressions(path, LAYOUT)
-        self.split_dir = require_dir(self.root / split, LAYOUT, f"split folder ({split})")
-        require_dir(self.split_dir / "JPEGImages", LAYOUT, "frame folder")
+    def _finish(self, items: list[Expression]) -> list[Expression]:
         pickle_path = self.split_dir / "mask_dict.pkl"
-        mask_path = pickle_path if pickle_path.is_file() or not (self.split_dir / "mask_dict.json").is_file() else self.split_dir / "mask_dict.json"
-        self.mask_dict = load_mask_dict(mask_path, LAYOUT)
+        json_path = self.split_dir / "mask_dict.json"
+        self.mask_dict = load_mask_dict(json_path if json_path.is_file() and not pickle_path.is_file() else pickle_path, LAYOUT)
         if all("anno_id" in item.record for item in items):
-            read_anno_ids(items, path)
+            read_anno_ids(items, self.expressions_path)
         else:
             assign_anno_ids(items)
         return items
-
-    def frame_folder(self, item: Expression) -> Path:
-        return self.split_dir / "JPEGImages" / item.video_id
 
     def extra_meta(self, item: Expression) -> dict:
         return {"anno_id": item.anno_ids, "protocol": "mllm"}

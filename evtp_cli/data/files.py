@@ -233,13 +233,13 @@ def strip_row_padding(array: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # JPEG, as the exporter writes frames
 
-JPEG_QUALITY = 95
+JPEG_QUALITY = 95  # with 4:4:4 chroma: the synthetic noise textures lose about 3 grey levels on average
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     """The JPEG bytes the exporter writes for a uint8 RGB frame."""
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(buffer, format="JPEG", quality=quality)
+    Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(buffer, format="JPEG", quality=quality, subsampling=0)
     return buffer.getvalue()
 
 

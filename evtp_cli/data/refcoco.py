@@ -197,18 +197,11 @@ class RefCOCO(_ReferDataset):
         images: str | None = None
 
 
-class RefCOCOPlus(_ReferDataset):
-    """RefCOCO+ (UNC splits val / testA / testB)."""
+class RefCOCOPlus(RefCOCO):
+    """RefCOCO+ (UNC splits val / testA / testB): no absolute-location words in the sentences."""
 
     name = "refcoco+"
     folder = "refcoco+"
-
-    @dataclass
-    class Config:
-        root: str
-        split: _REFER_SPLITS = "val"
-        split_by: str = "unc"
-        images: str | None = None
 
 
 class RefCOCOg(_ReferDataset):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -145,3 +145,27 @@ class ExpressionVideoDataset(Dataset):
             ignore=None,
             meta={"video_id": item.video_id, "exp_id": item.exp_id, "frame_names": list(item.frames), **self.extra_meta(item)},
         )
+
+
+class YTVOSLayoutDataset(ExpressionVideoDataset):
+    """Ref-YouTube-VOS's folder layout, which Ref-DAVIS17 reuses: `meta_expressions/<split>/meta_expressions.json`
+    and `<split>/JPEGImages/<video>/<frame>.jpg`. Subclasses add their ground truth in `_finish`."""
+
+    @dataclass
+    class Config:
+        root: str
+        split: Literal["train", "valid"] = "valid"
+
+    def _load(self) -> list[Expression]:
+        split = self.config.split
+        self.expressions_path = self.root / "meta_expressions" / split / "meta_expressions.json"
+        items = read_expressions(self.expressions_path, self.layout)
+        self.split_dir = require_dir(self.root / split, self.layout, f"split folder ({split})")
+        require_dir(self.split_dir / "JPEGImages", self.layout, "frame folder")
+        return self._finish(items)
+
+    def _finish(self, items: list[Expression]) -> list[Expression]:
+        return items
+
+    def frame_folder(self, item: Expression) -> Path:
+        return self.split_dir / "JPEGImages" / item.video_id

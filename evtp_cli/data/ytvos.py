@@ -12,14 +12,10 @@ valid has no public ground truth: predictions are submitted as a zip of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
-
 import numpy as np
 
 from evtp_cli.data.files import VideoFrames, get_field, read_label_png, require_dir
-from evtp_cli.data.rvos import Expression, ExpressionVideoDataset, read_expressions
+from evtp_cli.data.rvos import Expression, YTVOSLayoutDataset, read_expressions
 from evtp_cli.errors import SampleError
 
 LAYOUT = """\
@@ -29,40 +25,28 @@ LAYOUT = """\
     valid/JPEGImages/<video>/<frame>.jpg"""
 
 
-class RefYouTubeVOS(ExpressionVideoDataset):
+class RefYouTubeVOS(YTVOSLayoutDataset):
     """Ref-YouTube-VOS: train has palette-PNG ground truth; valid is predict-only (submission zip)."""
 
     name = "refytvos"
     layout = LAYOUT
 
-    @dataclass
-    class Config:
-        root: str
-        split: Literal["train", "valid"] = "valid"
-
-    def _load(self) -> list[Expression]:
-        split = self.config.split
-        path = self.root / "meta_expressions" / split / "meta_expressions.json"
-        items = read_expressions(path, LAYOUT)
-        require_dir(self.root / split / "JPEGImages", LAYOUT, "frame folder")
+    def _finish(self, items: list[Expression]) -> list[Expression]:
         test_file = self.root / "meta_expressions" / "test" / "meta_expressions.json"
-        if split == "valid" and test_file.is_file():
+        if self.config.split == "valid" and test_file.is_file():
             test_videos = {item.video_id for item in read_expressions(test_file, LAYOUT)}
             items = [item for item in items if item.video_id not in test_videos]
         self._annotations = None
-        if split == "train":
+        if self.config.split == "train":
             self._annotations = require_dir(self.root / "train" / "Annotations", LAYOUT, "annotation folder")
             for item in items:
                 where = f"videos[{item.video_id!r}]['expressions'][{item.exp_id!r}]"
-                get_field(item.record, "obj_id", path, where, (str, int))
+                get_field(item.record, "obj_id", self.expressions_path, where, (str, int))
         return items
 
     @property
     def has_ground_truth(self) -> bool:
         return self._annotations is not None
-
-    def frame_folder(self, item: Expression) -> Path:
-        return self.root / self.config.split / "JPEGImages" / item.video_id
 
     def ground_truth(self, item: Expression, frames: VideoFrames, sample_id: str) -> np.ndarray | None:
         if self._annotations is None:
