@@ -1,12 +1,13 @@
-"""Rich tables for result rows: accuracy beside latency, one line per setting."""
+"""Rich tables for result rows: accuracy beside latency, one line per setting, narrow enough for 80 columns."""
 
 from __future__ import annotations
 
 from typing import Any, Iterable
 
+from rich import box
 from rich.table import Table
 
-_METRICS_BY_TASK = {"image": ("giou", "ciou"), "video": ("J", "F", "JF")}
+from evtp_cli.spec import parse_spec
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -17,35 +18,35 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _accuracy(row: dict[str, Any]) -> tuple[str, str]:
+    """(primary, secondary) accuracy: gIoU and cIoU for images, J&F and "J/F" for videos."""
+    if row.get("task") == "video":
+        return f"{_fmt(row.get('JF'))} J&F", f"{_fmt(row.get('J'), 2)}/{_fmt(row.get('F'), 2)} J/F"
+    return f"{_fmt(row.get('giou'))} gIoU", f"{_fmt(row.get('ciou'), 2)} cIoU"
+
+
 def results_table(rows: Iterable[dict[str, Any]], title: str | None = None) -> Table:
     rows = list(rows)
-    tasks = {r.get("task") for r in rows}
-    metric_cols = [m for t in ("image", "video") if t in tasks for m in _METRICS_BY_TASK[t]]
-    table = Table(title=title, header_style="bold")
-    for col in ("model", "dataset", "pruner", "ratio", "n", "tokens kept"):
-        table.add_column(col, justify="right" if col in ("ratio", "n", "tokens kept") else "left")
-    for m in metric_cols:
-        table.add_column(m, justify="right")
-    for col in ("ms/sample", "ms prefill", "speedup"):
-        table.add_column(col, justify="right")
+    models = sorted({str(r.get("model")) for r in rows})
+    if len(models) == 1:
+        title = f"{title} · {models[0]}" if title else models[0]
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    if len(models) > 1:
+        table.add_column("model")
+    for col, justify in (("dataset", "left"), ("n", "right"), ("pruner", "left"), ("ratio", "right"), ("tokens", "right"),
+                         ("accuracy", "left"), ("ms", "right"), ("speed-up", "right")):
+        table.add_column(col, justify=justify, no_wrap=col in ("dataset", "pruner", "accuracy"))
     for r in rows:
-        kept = r.get("tokens_kept")
-        total = r.get("tokens_total")
+        kept, total = r.get("tokens_kept"), r.get("tokens_total")
         tokens = "–" if kept is None else f"{kept:.0f}/{total:.0f}" if total is not None else f"{kept:.0f}"
-        n = _fmt(r.get("n_samples"))
-        if r.get("n_failed"):
-            n += f" ({r['n_failed']} failed)"
+        dataset = str(r.get("dataset"))
+        name = parse_spec(dataset).name if ":" in dataset else dataset
+        n = str(r.get("n_samples")) + (f" ({r['n_failed']} failed)" if r.get("n_failed") else "")
+        primary, _ = _accuracy(r)
         speedup = r.get("speedup")
-        table.add_row(
-            str(r.get("model")),
-            str(r.get("dataset")),
-            str(r.get("pruner")),
-            _fmt(r.get("ratio"), 2),
-            n,
-            tokens,
-            *(_fmt(r.get(m)) for m in metric_cols),
-            _fmt(r.get("ms_total"), 1),
-            _fmt(r.get("ms_prefill"), 2),
-            "–" if speedup is None else f"{speedup:.2f}×",
-        )
+        cells = [name, n, str(r.get("pruner")), _fmt(r.get("ratio"), 2), tokens, primary,
+                 _fmt(r.get("ms_total"), 1), "–" if speedup is None else f"{speedup:.2f}×"]
+        if len(models) > 1:
+            cells.insert(0, str(r.get("model")))
+        table.add_row(*cells)
     return table

@@ -13,7 +13,9 @@ from evtp_cli.spec import Registry, Spec
 
 MODELS: Registry[Any] = Registry("model", entry_point_group="evtp.models")
 
-_BUILTIN: list[tuple[str, str, str]] = []
+_BUILTIN: list[tuple[str, str, str]] = [
+    ("tiny-ivs", "evtp_cli.models.tiny:TinyIVS", "bundled tiny IVS model (vision encoder, 4-layer LLM, [SEG] pointer, promptable mask head); offline"),
+]
 for _name, _target, _description in _BUILTIN:
     MODELS.register(_name, _target, _description)
 

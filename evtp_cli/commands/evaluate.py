@@ -1,0 +1,150 @@
+"""Evaluation commands: prune-eval, sweep-ratios and the regression gate compare."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from evtp_cli.cli import app, console
+from evtp_cli.commands import options as opt
+from evtp_cli.errors import EvtpError
+
+DEFAULT_DATASET = "synthetic-image"
+DEFAULT_SWEEP_PRUNERS = ["evtp", "kcenter", "divprune", "random", "uniform"]
+DEFAULT_SWEEP_RATIOS = ["0.1", "0.2", "0.3", "0.5"]
+
+
+def _default_output(command: str) -> Path:
+    return Path("runs") / f"{command}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _run_with_progress(config):
+    from evtp_cli.bench.runner import run
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        state = {"task": None}
+
+        def start(label: str, total: int) -> None:
+            if state["task"] is not None:
+                progress.update(state["task"], completed=progress.tasks[-1].total)
+            state["task"] = progress.add_task(label, total=total)
+
+        def advance() -> None:
+            progress.advance(state["task"])
+
+        return run(config, progress=start, advance=advance)
+
+
+def _summarise(rows, output: Path, title: str) -> None:
+    from evtp_cli.bench.tables import results_table
+
+    console.print(results_table(rows, title=title))
+    for r in rows:
+        if r.get("not_applicable"):
+            console.print(f"[yellow]not applicable:[/yellow] {r['pruner']} on {r['model']}: {r['not_applicable']}")
+    failed = [(r["dataset"], r["pruner"], r["ratio"], r["n_failed"]) for r in rows if r.get("n_failed")]
+    for dataset, pruner, ratio, n in failed:
+        console.print(f"[yellow]{n} failed sample(s)[/yellow] in {dataset} · {pruner} @ {ratio:g} (see samples.jsonl)")
+    console.print(f"results: {output / 'results.json'}, {output / 'results.csv'}, {output / 'samples.jsonl'}")
+
+
+@app.command("prune-eval")
+def prune_eval(
+    model: str = opt.Model,
+    dataset: Optional[List[str]] = opt.Dataset,
+    pruner: str = opt.Pruner,
+    ratio: float = opt.Ratio,
+    limit: Optional[int] = opt.Limit,
+    seed: int = opt.Seed,
+    output: Optional[Path] = opt.Output,
+    device: str = opt.Device,
+) -> None:
+    """Evaluate one model × dataset(s) × one pruner at one keep ratio, beside the no-pruning reference.
+
+    With no arguments: tiny-ivs on synthetic-image (test split) with EVTP at 0.2.
+    """
+    from evtp_cli.bench.runner import RunConfig, parse_ratios
+    from evtp_cli.spec import split_list_option
+
+    parse_ratios([ratio])
+    datasets = split_list_option(dataset or [DEFAULT_DATASET])
+    output = output or _default_output("prune-eval")
+    config = RunConfig(models=[model], datasets=datasets, pruners=[pruner], ratios=[ratio], output=output, limit=limit, seed=seed, device=device)
+    rows = _run_with_progress(config)
+    _summarise(rows, output, f"{pruner} at keep ratio {ratio:g}")
+
+
+@app.command("sweep-ratios")
+def sweep_ratios(
+    models: Optional[List[str]] = opt.Models,
+    datasets: Optional[List[str]] = opt.Datasets,
+    pruners: Optional[List[str]] = opt.Pruners,
+    ratios: Optional[List[str]] = opt.Ratios,
+    limit: Optional[int] = opt.Limit,
+    seed: int = opt.Seed,
+    output: Optional[Path] = opt.Output,
+    device: str = opt.Device,
+) -> None:
+    """Models × datasets × pruners × keep ratios, with one no-pruning reference per model × dataset.
+
+    Writes results.json/csv, samples.jsonl, table.md and one accuracy-vs-ratio plot per dataset.
+    """
+    from evtp_cli.bench.report import plot_accuracy_vs_ratio, table_markdown
+    from evtp_cli.bench.runner import RunConfig
+    from evtp_cli.spec import split_list_option
+
+    output = output or _default_output("sweep-ratios")
+    config = RunConfig(
+        models=split_list_option(models or ["tiny-ivs"]),
+        datasets=split_list_option(datasets or [DEFAULT_DATASET, "synthetic-video"]),
+        pruners=split_list_option(pruners or DEFAULT_SWEEP_PRUNERS),
+        ratios=split_list_option(ratios or DEFAULT_SWEEP_RATIOS),
+        output=output,
+        limit=limit,
+        seed=seed,
+        device=device,
+    )
+    rows = _run_with_progress(config)
+    (output / "table.md").write_text(table_markdown(rows))
+    plots = plot_accuracy_vs_ratio(rows, output)
+    _summarise(rows, output, "sweep")
+    console.print(f"table: {output / 'table.md'}; plots: {', '.join(str(p) for p in plots)}")
+
+
+@app.command("compare")
+def compare(
+    baseline: Path = typer.Argument(..., help="Baseline results.json (or a run folder)."),
+    current: Path = typer.Argument(..., help="Current results.json (or a run folder)."),
+    max_drop: float = typer.Option(0.01, "--max-drop", help="Largest allowed absolute accuracy drop."),
+    max_slowdown: float = typer.Option(1.5, "--max-slowdown", help="Largest allowed ms_total ratio current/baseline."),
+) -> None:
+    """Regression gate: exit 1 when accuracy drops or latency grows past the tolerances."""
+    from evtp_cli.bench.compare import compare_rows
+    from evtp_cli.bench.results import read_results
+
+    if max_drop < 0 or max_slowdown <= 0:
+        raise EvtpError("--max-drop must be >= 0 and --max-slowdown > 0")
+    base = read_results(baseline)["rows"]
+    cur = read_results(current)["rows"]
+    result = compare_rows(base, cur, max_drop=max_drop, max_slowdown=max_slowdown)
+    if result.changes:
+        table = Table(title="what moved", header_style="bold")
+        for col in ("dataset", "pruner", "ratio", "column", "baseline", "current", "verdict"):
+            table.add_column(col)
+        for ch in result.changes:
+            _, dataset, pruner, ratio = ch.key
+            fmt = lambda v: "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+            verdict = "[red]REGRESSION[/red]" if ch.regression else "ok"
+            table.add_row(str(dataset), str(pruner), f"{ratio:g}", ch.column, fmt(ch.baseline), fmt(ch.current), f"{verdict} {ch.note}".strip())
+        console.print(table)
+    if result.ok:
+        console.print(f"[green]no regression[/green] in {result.compared} matched rows (max drop {max_drop}, max slowdown {max_slowdown}×)")
+        return
+    console.print(f"[red]{len(result.regressions)} regression(s)[/red] in {result.compared} matched rows")
+    raise typer.Exit(1)
