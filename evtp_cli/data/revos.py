@@ -20,10 +20,10 @@ from typing import Literal
 
 import numpy as np
 
-from evtp_cli.data.files import get_field, load_json, require_dir
+from evtp_cli.data.files import get_field, load_json, require_dir, require_file
 from evtp_cli.data.masks import frame_masks_from_rles
 from evtp_cli.data.rvos import Expression, ExpressionVideoDataset, load_mask_dict, read_anno_ids, read_expressions
-from evtp_cli.errors import DataError
+from evtp_cli.errors import DataError, SampleError
 
 SUBSETS = {0: "referring", 1: "reasoning"}
 
@@ -61,6 +61,7 @@ class ReVOS(ExpressionVideoDataset):
             if subset is not None and self.config.subset in ("all", subset):
                 kept.append(item)
         self.mask_dict = load_mask_dict(self.root / "mask_dict.json", LAYOUT)
+        require_file(self.root / "mask_dict_foreground.json", LAYOUT, "foreground mask file")  # read on first use
         self._foreground: dict | None = None
         return kept
 
@@ -79,7 +80,9 @@ class ReVOS(ExpressionVideoDataset):
                 raise DataError(f"malformed foreground mask file {path}: expected {{video: {{'masks_rle': [...]}}}}")
             self._foreground = data
         record = self._foreground.get(video_id)
-        rles = get_field(record if record is not None else {}, "masks_rle", path, f"[{video_id!r}]", list)
+        if not isinstance(record, dict) or not isinstance(record.get("masks_rle"), list):
+            raise SampleError(video_id, f"no foreground masks ('masks_rle') for this video in {path}")
+        rles = record["masks_rle"]
         # a frame's entry may be one RLE or a list of RLEs (one per object)
         per_frame = [rle if isinstance(rle, list) else [rle] for rle in rles]
         most = max((len(f) for f in per_frame), default=0)
