@@ -561,3 +561,14 @@ def test_make_synthetic_command(tmp_path, capsys):
         with pytest.raises(SystemExit) as done:
             main(["make-synthetic", *bad, "--out", str(tmp_path / "x")])
         assert done.value.code == 2
+
+
+def test_synthetic_jpeg_option_is_off_by_default():
+    from evtp_cli.data.files import jpeg_roundtrip
+    from evtp_cli.data.synthetic import generate_scene
+
+    ds = load_dataset("synthetic-video:n=2,frames=3")
+    scene = generate_scene(ds.rng(1), ds.scene_config())
+    assert all(np.array_equal(a, b) for a, b in zip(ds[1].frames, scene.frames))
+    jpeg = load_dataset("synthetic-video:n=2,frames=3,jpeg=true")[1]
+    assert all(np.array_equal(a, jpeg_roundtrip(b)) for a, b in zip(jpeg.frames, scene.frames))
