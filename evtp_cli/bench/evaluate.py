@@ -106,6 +106,7 @@ class _Accumulators:
     tokens_kept: list[int] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     not_applicable: str | None = None
+    writer: Any | None = None  # a SubmissionWriter when predictions are saved
 
 
 def evaluate_dataset(
@@ -118,15 +119,22 @@ def evaluate_dataset(
     log: SampleLog | None = None,
     on_sample: Callable[[SampleOutcome], None] | None = None,
     warmup: int = 1,
+    prediction_writer: Callable[[Setting], Any] | None = None,
+    score: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate several settings of one model on one dataset; returns one row per setting.
 
     Settings are interleaved sample by sample: each sample is loaded once and run under every setting
     in turn, so slow drifts of the machine (other load, thermal state) hit all settings alike and the
     speed-ups compare like with like. The first `warmup` samples are run once untimed first.
+    With `prediction_writer`, each setting's masks are also written in the challenge layout (a
+    `SubmissionWriter` per setting) and zipped; with `score=False` nothing is scored (predict-only).
     """
     n = len(dataset) if limit is None else min(limit, len(dataset))
     accs = [_Accumulators(setting, pruner) for setting, pruner in settings]
+    if prediction_writer is not None:
+        for acc in accs:
+            acc.writer = prediction_writer(acc.setting)
     for index in range(n):
         sample_id = f"#{index}"
         try:
@@ -142,7 +150,7 @@ def evaluate_dataset(
             if sample is None:
                 outcome = SampleOutcome(sample_id, False, reason=load_error)
             else:
-                outcome = _evaluate_one(model, sample, acc, seed, warm=index < warmup)
+                outcome = _evaluate_one(model, sample, acc, seed, warm=index < warmup, score=score)
                 if outcome is None:  # the pruner cannot run on this backend
                     continue
             if not outcome.ok:
@@ -156,6 +164,8 @@ def evaluate_dataset(
         row = _row(acc.setting, dataset, acc.iou, acc.jf, acc.timings, acc.tokens_total, acc.tokens_kept, acc.failed)
         if acc.not_applicable is not None:
             row["not_applicable"] = acc.not_applicable
+        if acc.writer is not None and acc.writer.count:
+            row["predictions_zip"] = str(acc.writer.finish())
         if acc.tokens_kept and model.prefill_flops(1) is not None:
             row["gflops_prefill"] = model.prefill_flops(int(round(statistics.mean(acc.tokens_kept))) + TEXT_TOKENS) / 1e9
         rows.append(row)
@@ -165,12 +175,16 @@ def evaluate_dataset(
 TEXT_TOKENS = 12  # a typical instruction length, for the analytic prefill FLOPs
 
 
-def _evaluate_one(model: IVSModel, sample: Sample, acc: _Accumulators, seed: int, warm: bool) -> SampleOutcome | None:
+def _evaluate_one(model: IVSModel, sample: Sample, acc: _Accumulators, seed: int, warm: bool, score: bool = True) -> SampleOutcome | None:
     try:
         if warm:  # the first call pays lazy initialisation; not timed
             run_sample(model, sample, acc.pruner, acc.setting.ratio, seed)
         prediction, ms, total, kept = run_sample(model, sample, acc.pruner, acc.setting.ratio, seed)
-        metrics = score_sample(sample, prediction.masks, acc.iou, acc.jf)
+        metrics = score_sample(sample, prediction.masks, acc.iou, acc.jf) if score else {}
+        if acc.writer is not None:
+            meta = sample.meta or {}
+            names = meta.get("frame_names") or [f"{i:05d}" for i in range(len(prediction.masks))]
+            acc.writer.add(str(meta.get("video_id") or sample.id), str(meta.get("exp_id") or "0"), names, prediction.masks)
     except PrunerNotApplicable as exc:
         acc.not_applicable = str(exc)
         return None

@@ -28,6 +28,8 @@ class RunConfig:
     limit: int | None = None
     seed: int = 0
     device: str = "cpu"
+    frames: str | None = None  # key-frame policy override for video models (first-K / uniform-K)
+    predict_only: bool = False  # write challenge-layout prediction zips instead of scoring
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -56,8 +58,15 @@ def validate(config: RunConfig) -> None:
 
     if not config.models or not config.datasets:
         raise EvtpError("give at least one model and one dataset")
+    if config.frames is not None:
+        from evtp_cli.data.frames import key_frame_indices
+
+        try:
+            key_frame_indices(8, config.frames)
+        except ValueError as exc:
+            raise EvtpError(f"--frames: {exc}") from None
     for spec in config.models:
-        MODELS.config_of(spec)
+        MODELS.config_of(spec, **_model_overrides(spec, config.device, config.frames))
     for spec in config.datasets:
         DATASETS.config_of(spec)
     for spec in config.pruners:
@@ -67,15 +76,30 @@ def validate(config: RunConfig) -> None:
         raise EvtpError(f"--limit must be >= 1, got {config.limit}")
 
 
-def _load_model(spec: str, device: str):
-    from evtp_cli.models import MODELS, load_model
+def _model_overrides(spec: str, device: str, frames: str | None) -> dict[str, Any]:
+    """Run-wide options (device, key-frame policy) for models that have them, unless the spec sets them."""
+    from evtp_cli.models import MODELS
 
     options = parse_spec(spec).options
-    target = MODELS.load(parse_spec(spec).name)
-    overrides = {}
-    if "device" not in options and "device" in getattr(target.Config, "__dataclass_fields__", {}):
+    fields = getattr(MODELS.load(parse_spec(spec).name).Config, "__dataclass_fields__", {})
+    overrides: dict[str, Any] = {}
+    if "device" not in options and "device" in fields:
         overrides["device"] = device
-    return load_model(spec, **overrides)
+    if frames is not None and "frames" not in options and "frames" in fields:
+        overrides["frames"] = frames
+    return overrides
+
+
+def _prediction_writer(out: Path, dataset: Any) -> Callable[[Setting], Any]:
+    """A SubmissionWriter per setting under out/predictions/<dataset>/<model>/<pruner>@<ratio>/."""
+    from evtp_cli.bench.report import slug
+    from evtp_cli.data.submission import SubmissionWriter, submission_prefix
+
+    def make(setting: Setting) -> Any:
+        folder = out / "predictions" / slug(setting.dataset) / slug(setting.model) / f"{slug(setting.pruner)}@{setting.ratio:g}"
+        return SubmissionWriter(folder, prefix=submission_prefix(dataset))
+
+    return make
 
 
 def run(config: RunConfig, progress: Callable[[str, int], Any] | None = None, advance: Callable[[], None] | None = None) -> list[dict[str, Any]]:
@@ -93,7 +117,9 @@ def run(config: RunConfig, progress: Callable[[str, int], Any] | None = None, ad
     ratios = parse_ratios(config.ratios)
     with SampleLog(out / SAMPLES_JSONL) as log:
         for model_spec in config.models:
-            model = _load_model(model_spec, config.device)
+            from evtp_cli.models import load_model
+
+            model = load_model(model_spec, **_model_overrides(model_spec, config.device, config.frames))
             meta.setdefault("models", {})[canonical(model_spec)] = model.info()
             for dataset_spec in config.datasets:
                 dataset = load_dataset(dataset_spec)
@@ -106,9 +132,13 @@ def run(config: RunConfig, progress: Callable[[str, int], Any] | None = None, ad
                 ]
                 if progress is not None:
                     progress(f"{canonical(model_spec)} · {canonical(dataset_spec)}", n * len(settings))
+                writer = None
+                if config.predict_only:
+                    writer = _prediction_writer(out, dataset)
                 dataset_rows = evaluate_dataset(
                     model, dataset, settings, seed=config.seed, limit=config.limit, log=log,
                     on_sample=(lambda _o: advance()) if advance is not None else None,
+                    prediction_writer=writer, score=not config.predict_only,
                 )
                 for row in dataset_rows:
                     ids = row.pop("failed_ids")

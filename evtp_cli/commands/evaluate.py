@@ -64,6 +64,8 @@ def prune_eval(
     seed: int = opt.Seed,
     output: Optional[Path] = opt.Output,
     device: str = opt.Device,
+    frames: Optional[str] = opt.Frames,
+    predict_only: bool = typer.Option(False, "--predict-only", help="Write prediction masks in the challenge layout (zipped) instead of scoring; for splits without public ground truth."),
 ) -> None:
     """Evaluate one model × dataset(s) × one pruner at one keep ratio, beside the no-pruning reference.
 
@@ -75,9 +77,12 @@ def prune_eval(
     parse_ratios([ratio])
     datasets = split_list_option(dataset or [DEFAULT_DATASET])
     output = output or _default_output("prune-eval")
-    config = RunConfig(models=[model], datasets=datasets, pruners=[pruner], ratios=[ratio], output=output, limit=limit, seed=seed, device=device)
+    config = RunConfig(models=[model], datasets=datasets, pruners=[pruner], ratios=[ratio], output=output, limit=limit, seed=seed, device=device, frames=frames, predict_only=predict_only)
     rows = _run_with_progress(config)
     _summarise(rows, output, f"{pruner} at keep ratio {ratio:g}")
+    for row in rows:
+        if row.get("predictions_zip"):
+            console.print(f"predictions for {row['pruner']} @ {row['ratio']:g}: {row['predictions_zip']}")
 
 
 @app.command("sweep-ratios")
@@ -90,6 +95,7 @@ def sweep_ratios(
     seed: int = opt.Seed,
     output: Optional[Path] = opt.Output,
     device: str = opt.Device,
+    frames: Optional[str] = opt.Frames,
 ) -> None:
     """Models × datasets × pruners × keep ratios, with one no-pruning reference per model × dataset.
 
@@ -109,6 +115,7 @@ def sweep_ratios(
         limit=limit,
         seed=seed,
         device=device,
+        frames=frames,
     )
     rows = _run_with_progress(config)
     (output / "table.md").write_text(table_markdown(rows))

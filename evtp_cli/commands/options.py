@@ -19,5 +19,8 @@ Limit = typer.Option(None, "--limit", "-n", help="Evaluate at most this many sam
 Seed = typer.Option(0, "--seed", help="Seed for random pruners and anything else stochastic.")
 Output = typer.Option(None, "--output", "-o", help="Output folder for results.json, results.csv and samples.jsonl.")
 Device = typer.Option("cpu", "--device", help="Torch device, e.g. cpu, cuda, cuda:1.")
+Frames = typer.Option(
+    None, "--frames", help="Key frames the LLM sees in a video: first-K (Sa2VA protocol) or uniform-K; default: the model's own. Masks are scored on all frames."
+)
 
 __all__ = ["List", "Optional", "Path"]

@@ -8,10 +8,13 @@ import re
 def key_frame_indices(num_frames: int, policy: str) -> list[int]:
     """Frame indices for `first-K` (Sa2VA's protocol: the first K frames) or `uniform-K` (K evenly spaced).
 
-    A policy of `all` returns every frame. Fewer frames than K gives all of them.
+    A bare number K means first-K; `all` returns every frame. Fewer frames than K gives all of them.
     """
     if num_frames < 1:
         raise ValueError("a video needs at least one frame")
+    policy = str(policy).strip()
+    if policy.isdigit():
+        policy = f"first-{policy}"
     if policy == "all":
         return list(range(num_frames))
     m = re.fullmatch(r"(first|uniform)-(\d+)", policy)

@@ -23,7 +23,7 @@ class SubmissionWriter:
 
     >>> writer = SubmissionWriter(out_dir, prefix="Annotations")
     >>> writer.add("video", "0", ["00000", "00005"], masks)   # bool [T, H, W]
-    >>> zip_path = writer.finish()                           # out_dir.with_suffix(".zip")
+    >>> zip_path = writer.finish()                           # out_dir + ".zip"
     """
 
     def __init__(self, out_dir: str | Path, prefix: str = "Annotations"):
@@ -48,7 +48,8 @@ class SubmissionWriter:
         """Zip everything under the output folder (paths relative to it) and return the zip's path."""
         if self.count == 0:
             raise EvtpError(f"no predictions were written to {self.out_dir}; nothing to submit")
-        target = Path(zip_path) if zip_path is not None else self.out_dir.with_suffix(".zip")
+        # name + ".zip", not with_suffix: folder names such as "evtp@0.2" contain dots
+        target = Path(zip_path) if zip_path is not None else self.out_dir.parent / (self.out_dir.name + ".zip")
         target.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(self.out_dir.rglob("*.png")):
