@@ -107,6 +107,7 @@ class _Accumulators:
     failed: list[str] = field(default_factory=list)
     not_applicable: str | None = None
     writer: Any | None = None  # a SubmissionWriter when predictions are saved
+    extra: Any | None = None  # a dataset's own scorer (e.g. ReVOS A/R), from `dataset.make_scorer()`
 
 
 def evaluate_dataset(
@@ -132,6 +133,9 @@ def evaluate_dataset(
     """
     n = len(dataset) if limit is None else min(limit, len(dataset))
     accs = [_Accumulators(setting, pruner) for setting, pruner in settings]
+    if score and hasattr(dataset, "make_scorer"):
+        for acc in accs:
+            acc.extra = dataset.make_scorer()
     if prediction_writer is not None:
         for acc in accs:
             acc.writer = prediction_writer(acc.setting)
@@ -164,6 +168,8 @@ def evaluate_dataset(
         row = _row(acc.setting, dataset, acc.iou, acc.jf, acc.timings, acc.tokens_total, acc.tokens_kept, acc.failed)
         if acc.not_applicable is not None:
             row["not_applicable"] = acc.not_applicable
+        if acc.extra is not None and acc.timings:
+            row.update(acc.extra.compute())
         if acc.writer is not None and acc.writer.count:
             row["predictions_zip"] = str(acc.writer.finish())
         if acc.tokens_kept and model.prefill_flops(1) is not None:
@@ -181,6 +187,8 @@ def _evaluate_one(model: IVSModel, sample: Sample, acc: _Accumulators, seed: int
             run_sample(model, sample, acc.pruner, acc.setting.ratio, seed)
         prediction, ms, total, kept = run_sample(model, sample, acc.pruner, acc.setting.ratio, seed)
         metrics = score_sample(sample, prediction.masks, acc.iou, acc.jf) if score else {}
+        if acc.extra is not None and sample.masks is not None:
+            metrics.update(acc.extra.update(sample, prediction.masks))
         if acc.writer is not None:
             meta = sample.meta or {}
             names = meta.get("frame_names") or [f"{i:05d}" for i in range(len(prediction.masks))]

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 from evtp_cli import __version__
 from evtp_cli.errors import EvtpError
 
-METRIC_COLUMNS = ("giou", "ciou", "J", "F", "JF")
+METRIC_COLUMNS = ("giou", "ciou", "J", "F", "JF", "A", "R")  # A, R: ReVOS only
 LATENCY_COLUMNS = ("ms_vision", "ms_select", "ms_prefill", "ms_decode", "ms_mask", "ms_total")
 ROW_COLUMNS = (
     "model",

@@ -71,6 +71,12 @@ class ReVOS(ExpressionVideoDataset):
     def extra_meta(self, item: Expression) -> dict:
         return {"subset": SUBSETS[item.record["type_id"]], "type_id": item.record["type_id"], "anno_id": item.anno_ids}
 
+    def make_scorer(self):
+        """Dataset-specific scoring for the evaluation loop (A, R, per-subset J&F; overall = mean of subsets)."""
+        from evtp_cli.metrics.revos import ReVOSScorer
+
+        return ReVOSScorer(self.foreground)
+
     def foreground(self, video_id: str) -> np.ndarray:
         """bool [T, H, W]: every annotated object of each frame (`mask_dict_foreground.json`), for R."""
         path = self.root / "mask_dict_foreground.json"

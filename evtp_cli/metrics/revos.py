@@ -13,7 +13,7 @@ VISA applies the formulas to uint8 maps read from PNGs; on binary masks, as here
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -97,3 +97,24 @@ class ReVOSAccumulator:
         if out:
             out["overall"] = {key: float(np.mean([out[s][key] for s in out])) for key in ("J", "F", "JF", "A", "R")}
         return out
+
+
+class ReVOSScorer:
+    """Adapts ReVOSAccumulator to the evaluation loop: rows get the overall J/F/J&F (mean of the subset
+    means, as ReVOS reports), A and R, and J&F per subset."""
+
+    def __init__(self, foreground: Callable[[str], np.ndarray]) -> None:
+        self.foreground = foreground
+        self.acc = ReVOSAccumulator()
+
+    def update(self, sample, masks: np.ndarray) -> dict[str, float]:
+        meta = sample.meta
+        out = self.acc.update(sample.id, meta["subset"], list(masks), list(sample.masks), self.foreground(meta["video_id"]))
+        return {"A": out["A"], "R": out["R"]}
+
+    def compute(self) -> dict[str, float | None]:
+        res = self.acc.compute()
+        row: dict[str, float | None] = {k: res.get("overall", {}).get(k) for k in ("J", "F", "JF", "A", "R")}
+        for subset in SUBSETS:
+            row[f"JF_{subset}"] = res.get(subset, {}).get("JF")
+        return row
