@@ -37,7 +37,7 @@ from torch import nn
 
 from evtp_cli.data.base import Sample
 from evtp_cli.data.frames import key_frame_indices
-from evtp_cli.errors import EvtpError
+from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models.base import IVSModel, Prediction, PrunePlan, VisualTokens
 from evtp_cli.models.hooks import PrunedPrefill, decode_position_ids, prune_prefill
@@ -471,7 +471,7 @@ class Sa2VABackend(IVSModel):
     @torch.inference_mode()
     def decode(self, sample: Sample, tokens: VisualTokens, plan: PrunePlan, timer: StageTimer) -> Prediction:
         if plan.inner is not None:
-            raise EvtpError(f"{self.name} supports pre-LLM pruning only (no pruning inside the vision tower or the LLM)")
+            raise PrunerNotApplicable(f"{self.name} prunes between the projector and the LLM only (no hook inside the vision tower or the LLM)")
         state: Sa2VAState = tokens.state
         if self.config.pipeline == "generate":
             if plan.keep is not None:
