@@ -328,6 +328,24 @@ def test_loader_errors_name_the_path_and_the_variant(tmp_path):
     assert "path=" in str(exc.value) and "preset=" in str(exc.value)
 
 
+# ---- real-size presets: shapes only, on the meta device (never instantiated on this CPU) ---------------
+
+
+@pytest.mark.parametrize(
+    "spec, llm_millions, vision_millions",
+    [("sa2va-qwen:preset=7b-random", 7616, 677), ("sa2va-qwen:preset=3b-random", 3397, 669),
+     ("sa2va-internvl:preset=4b-random", 3396, 317), ("sa2va-internvl:preset=8b-random", 7613, 332)],
+)
+def test_real_size_presets_have_the_published_shapes(spec, llm_millions, vision_millions):
+    m = load_model(spec, device="meta", dtype="bf16")
+    counts = m.info()["parameters"]
+    assert counts["llm"] / 1e6 == pytest.approx(llm_millions, rel=2e-3)
+    assert counts["vision"] / 1e6 == pytest.approx(vision_millions, rel=2e-3)
+    assert counts["sam2"] / 1e6 == pytest.approx(224.4, rel=2e-3)  # SAM2 Hiera-L
+    assert m.net.sam.config.image_size == 1024
+    assert m.prefill_flops(4096) > m.prefill_flops(819) * 4
+
+
 # ---- evtp prune-eval ----------------------------------------------------------------------------
 
 

@@ -142,6 +142,7 @@ class Generation:
     ids: list[int]  # generated token ids (the end token included when one ended the answer)
     seg_hidden: list[torch.Tensor]  # last hidden state of each fed [SEG] token, [d]
     logits: list[torch.Tensor] = field(default_factory=list)  # [V] before each generated token
+    steps: int = 0  # cached forward passes after the prefill
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -488,7 +489,7 @@ class Sa2VABackend(IVSModel):
         with timer.stage("mask"):
             masks = self.masks(state, gen.seg_hidden)
         text = self.tokenizer.decode(gen.ids, skip_special_tokens=False)
-        extras = {"generated_ids": gen.ids, "seg_tokens": len(gen.seg_hidden), "prefill_length": prefill_length}
+        extras = {"generated_ids": gen.ids, "seg_tokens": len(gen.seg_hidden), "prefill_length": prefill_length, "decode_steps": gen.steps}
         return Prediction(masks=masks, text=text, extras=extras)
 
     # ---- the LLM ----------------------------------------------------------------------------------
@@ -533,6 +534,7 @@ class Sa2VABackend(IVSModel):
             positions = decode_position_ids(pre.pruned.next_position, step, pre.pruned.position_ids)
             mask = torch.ones(1, pre.pruned.length + step + 1, dtype=torch.long, device=device)
             out = self._run_lm(embeds, positions, mask, pre.cache, self._lm_kwargs(None))
+            gen.steps += 1
             hidden = out.last_hidden_state[:, -1]
             if token == self.seg_id:
                 gen.seg_hidden.append(hidden[0])
@@ -560,7 +562,7 @@ class Sa2VABackend(IVSModel):
         fed = sequence[:-1]
         seg_mask = fed == self.seg_id
         seg_hidden = list(last[-fed.numel() :][seg_mask]) if fed.numel() else []
-        return Generation(generated, seg_hidden)
+        return Generation(generated, seg_hidden, steps=len(out.hidden_states) - 1)
 
     # ---- masks ----------------------------------------------------------------------------------
 
