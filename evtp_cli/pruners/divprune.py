@@ -9,8 +9,9 @@ distance to the chosen set.
 
 Differences from the public code, both without effect on the chosen set in non-degenerate inputs:
 - The minimum over chosen rows is kept incrementally instead of recomputed from all chosen rows
-  each step (the same values; `divprune_reference` below is the recomputing form, used by tests and
-  benchmarks as the independent reference).
+  each step (the same values, as min is exact; `divprune_reference` below is the recomputing form,
+  used by tests and benchmarks as the independent reference). The loop is the shared fast greedy
+  (`greedy.greedy_over_matrix`: one Triton launch on CUDA).
 - Chosen tokens are masked, so exact duplicate tokens cannot be chosen twice (the public code can
   re-pick a chosen token when every remaining distance is 0 up to rounding).
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from evtp_cli.pruners.base import PruneContext, Pruner
-from evtp_cli.pruners.greedy import greedy_farthest_point
+from evtp_cli.pruners.greedy import greedy_over_matrix, mask_self
 
 
 def cosine_distance_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -66,4 +67,5 @@ class DivPrune(Pruner):
 
     def _select(self, features: torch.Tensor, coords: torch.Tensor, k: int, context: PruneContext | None) -> torch.Tensor:
         dist = cosine_distance_matrix(features)
-        return greedy_farthest_point(dist, k, divprune_first(dist))
+        first = torch.tensor([divprune_first(dist)], device=dist.device)
+        return greedy_over_matrix(mask_self(dist)[None], first, k)[0]

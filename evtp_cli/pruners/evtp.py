@@ -14,18 +14,25 @@ Video: `mode=global` runs one spatio-temporal selection over all frames; `mode=p
 budget across frames in proportion to their information (Σ_i (ε + H_i) over the frame) and selects
 within each frame with (y, x) only.
 Related public code read for the greedy step: DivPrune (github.com/vbdi/divprune).
+
+Speed (docs/performance.md, "Selection speed"): `evtp_select` runs all frames as one batched greedy
+and, on CPU, builds distance rows only for the points it picks (k·N entries, not N²); on CUDA it runs
+the loop as one Triton kernel. `evtp_select_reference` is the straightforward form (full matrices,
+plain greedy, frame by frame). Both take their distances from the same functions, whose arithmetic
+gives the same bits for a single row as for the full matrix, so they return the same indices.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
+import numpy as np
 import torch
 
 from evtp_cli.pruners.base import PruneContext, Pruner, frame_index
-from evtp_cli.pruners.greedy import greedy_farthest_point
+from evtp_cli.pruners.greedy import Array, greedy_farthest_point, greedy_over_matrix, greedy_rows, mask_self
 
 # ---------------------------------------------------------------------------------------------
 # pure functions
@@ -33,12 +40,86 @@ from evtp_cli.pruners.greedy import greedy_farthest_point
 
 def token_information(features: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy of each token's softmax-normalised feature, divided by log d, then min-max scaled to [0, 1]."""
-    logp = torch.log_softmax(features.float() / temperature, dim=-1)
+    x = features.float()
+    logp = torch.log_softmax(x if temperature == 1.0 else x / temperature, dim=-1)  # x / 1 is x: skip the pass
     entropy = -(logp.exp() * logp).sum(-1) / math.log(max(features.shape[-1], 2))
     lo, hi = entropy.min(), entropy.max()
     if float(hi - lo) <= 1e-12:
         return torch.zeros_like(entropy)
     return (entropy - lo) / (hi - lo)
+
+
+def positions(
+    coords: torch.Tensor, spatial_weight: float, temporal_scale: float, with_time: bool
+) -> tuple[list[torch.Tensor], float, float]:
+    """The spatial half of the metric: coordinate columns ((τ·t,) y, x) and the two mixing factors.
+
+    Returns (columns, half, scale) with D = half·(1 - cos) + scale·‖Δ columns‖, i.e. half = (1-λ)/2 and
+    scale = λ / ‖(τ, 1, 1)‖ (‖(1, 1)‖ when time is left out: images, and frames selected one by one).
+    """
+    lam = float(spatial_weight)
+    c = coords.float()
+    columns = [c[:, 1].contiguous(), c[:, 2].contiguous()]
+    if with_time:
+        columns.insert(0, c[:, 0] * temporal_scale)
+    norm = math.sqrt(2.0 + (temporal_scale**2 if with_time else 0.0))
+    return columns, (1.0 - lam) / 2.0, lam / norm
+
+
+def cosine_gram(unit: torch.Tensor) -> torch.Tensor:
+    """unit @ unitᵀ for each of B sets of unit vectors [B, n, d] -> [B, n, n].
+
+    One large set is computed as upper block-rows and mirrored: half the multiply-adds. The calls made
+    depend only on the shape, so every caller (the fast path and the reference) gets the same bits.
+    """
+    batch, n, _ = unit.shape
+    if batch > 1 or n < 2 * _GRAM_BLOCK:
+        return torch.bmm(unit, unit.transpose(1, 2))
+    u = unit[0]
+    out = torch.empty(1, n, n, dtype=unit.dtype, device=unit.device)
+    g = out[0]
+    for s in range(0, n, _GRAM_BLOCK):
+        e = min(s + _GRAM_BLOCK, n)
+        torch.mm(u[s:e], u[s:].T, out=g[s:e, s:])
+        if e < n:
+            g[e:, s:e].copy_(g[s:e, e:].T)
+    return out
+
+
+_GRAM_BLOCK = 512
+
+
+def mix_distance(
+    gram: Array | None,
+    row_columns: list[Array],
+    col_columns: list[Array],
+    half: float,
+    scale: float,
+) -> Array:
+    """D = half·(1 - G) + scale·‖p_row - p_col‖, clamped at 0, for any block of rows (overwrites `gram`).
+
+    Every step is one correctly rounded float32 operation per element, with no fused multiply-add,
+    so a row computed alone has exactly the bits of the same row of the full matrix: the fast path
+    builds only the rows it visits, the reference the whole matrix. Row and column coordinates
+    broadcast ([..., m, 1] with [..., 1, n]). Takes torch tensors or numpy arrays; CPU callers pass
+    numpy, whose square root is IEEE-exact (torch's CPU one is not, for some inputs, and runs
+    multi-threaded on rows of a few thousand, which costs more than the root).
+    """
+    xp = np if isinstance(col_columns[0], np.ndarray) else torch
+    out = None
+    if half > 0:
+        out = xp.multiply(gram, -half, out=gram)
+        xp.add(out, half, out=out)
+    if scale > 0:
+        squares = None
+        for r, c in zip(row_columns, col_columns):
+            diff = xp.subtract(c, r)
+            xp.multiply(diff, diff, out=diff)
+            squares = diff if squares is None else xp.add(squares, diff, out=squares)
+        xp.sqrt(squares, out=squares)
+        xp.multiply(squares, scale, out=squares)
+        out = squares if out is None else xp.add(out, squares, out=out)
+    return xp.clip(out, 0.0, None, out=out)
 
 
 def mixed_distance(
@@ -47,25 +128,24 @@ def mixed_distance(
     spatial_weight: float,
     temporal_scale: float,
 ) -> torch.Tensor:
-    """D = (1-λ)·(1-cos)/2 + λ·D_pos, with D_pos the normalised Euclidean distance of (τt, y, x).
+    """The full EVTP distance matrix [N, N] of one selection (time included when t varies)."""
+    with_time = bool((coords[:, 0] != coords[0, 0]).any())
+    columns, half, scale = positions(coords, spatial_weight, temporal_scale, with_time)
+    return _full_distance(_unit(features)[None], [c[None] for c in columns], half, scale)[0]
 
-    The cosine term is added into the positional term by one `addmm` so N² is written once more only.
-    """
-    lam = float(spatial_weight)
-    feats = torch.nn.functional.normalize(features.float(), dim=-1)
-    n = feats.shape[0]
-    if lam > 0:
-        pos = coords.float() * torch.tensor([temporal_scale, 1.0, 1.0], device=coords.device)
-        is_video = bool((coords[:, 0] != coords[0, 0]).any())
-        norm = math.sqrt(2.0 + (temporal_scale**2 if is_video else 0.0))
-        base = torch.cdist(pos, pos).mul_(lam / norm)
-    else:
-        base = torch.zeros(n, n, device=feats.device)
-    if lam < 1:
-        half = (1.0 - lam) / 2.0
-        base.add_(half)
-        base = torch.addmm(base, feats, feats.T, beta=1.0, alpha=-half)
-    return base.clamp_(min=0.0)
+
+def _full_distance(unit: torch.Tensor, columns: list[torch.Tensor], half: float, scale: float) -> torch.Tensor:
+    """D for B selections at once [B, n, n] from unit features [B, n, d] and coordinate columns [B, n]."""
+    gram = cosine_gram(unit) if half > 0 else None
+    if unit.device.type == "cpu":  # numpy, as the fast path's rows (see mix_distance)
+        gram = None if gram is None else gram.numpy()
+        columns = [c.numpy() for c in columns]
+    d = mix_distance(gram, [c[:, :, None] for c in columns], [c[:, None, :] for c in columns], half, scale)
+    return torch.from_numpy(d) if isinstance(d, np.ndarray) else d
+
+
+def _unit(features: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(features.detach().float(), dim=-1)
 
 
 def allocate_budget(k: int, sizes: list[int], info: list[float]) -> list[int]:
@@ -105,6 +185,132 @@ def allocate_budget(k: int, sizes: list[int], info: list[float]) -> list[int]:
     return alloc
 
 
+@dataclass
+class _Problem:
+    """One sample laid out as B independent selections of up to n points (B = 1 in global mode).
+
+    Shared by `evtp_select` and `evtp_select_reference`, so both start from the same float32 values.
+    """
+
+    index: torch.Tensor  # [B, n] position of each slot in the input; slots past a frame's size are padding
+    sizes: list[int]  # real points per selection
+    padding: torch.Tensor | None  # [B, n] True at padding; None when every selection has n points
+    unit: torch.Tensor  # [B, n, d] L2-normalised features
+    columns: list[torch.Tensor]  # [B, n] coordinate columns ((τ·t,) y, x)
+    half: float
+    scale: float
+    weights: torch.Tensor | None  # [B, n] 1 + β·H, None when β = 0
+    first: torch.Tensor  # [B] seed slot: the most informative point
+    budget: list[int]  # picks per selection, summing to k
+
+
+def _problem(
+    features: torch.Tensor,
+    coords: torch.Tensor,
+    k: int,
+    frame_ids: torch.Tensor,
+    spatial_weight: float,
+    info_weight: float,
+    temporal_scale: float,
+    temperature: float,
+    mode: str,
+) -> _Problem:
+    features = features.detach()
+    n_all = features.shape[0]
+    info = token_information(features, temperature)
+    weights = 1.0 + info_weight * info if info_weight != 0 else None
+    _, frame_of, counts = torch.unique(frame_ids, sorted=True, return_inverse=True, return_counts=True)
+    if mode == "global" or counts.numel() == 1:
+        with_time = bool((coords[:, 0] != coords[0, 0]).any())
+        columns, half, scale = positions(coords, spatial_weight, temporal_scale, with_time)
+        return _Problem(
+            index=torch.arange(n_all, device=features.device)[None],
+            sizes=[n_all],
+            padding=None,
+            unit=_unit(features)[None],
+            columns=[c[None] for c in columns],
+            half=half,
+            scale=scale,
+            weights=None if weights is None else weights[None],
+            first=torch.argmax(info)[None],
+            budget=[k],
+        )
+
+    # per frame: slot j of row f holds the j-th token of frame f (input order kept within a frame)
+    sizes = counts.tolist()
+    n = max(sizes)
+    padding = None
+    if min(sizes) == n and bool((frame_of[1:] >= frame_of[:-1]).all()):  # the usual layout: views, no copies
+        index = torch.arange(n_all, device=features.device).view(len(sizes), n)
+
+        def slots(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(len(sizes), n, *x.shape[1:])
+
+    else:
+        order = torch.argsort(frame_of, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(n_all, device=features.device) - starts[frame_of[order]]
+        index = torch.zeros(len(sizes), n, dtype=torch.long, device=features.device)
+        index[frame_of[order], slot] = order
+        padding = torch.arange(n, device=features.device)[None, :] >= counts[:, None]
+
+        def slots(x: torch.Tensor) -> torch.Tensor:
+            return x[index]
+
+    columns, half, scale = positions(coords, spatial_weight, temporal_scale, with_time=False)
+    slot_info = slots(info)
+    mass = slot_info + 0.05
+    if padding is not None:  # padding slots repeat token 0; they never count and are never picked
+        mass = mass.masked_fill(padding, 0.0)
+        slot_info = slot_info.masked_fill(padding, float("-inf"))
+    return _Problem(
+        index=index,
+        sizes=sizes,
+        padding=padding,
+        unit=slots(_unit(features)),
+        columns=[slots(c) for c in columns],
+        half=half,
+        scale=scale,
+        weights=None if weights is None else slots(weights),
+        first=torch.argmax(slot_info, dim=1),
+        budget=allocate_budget(k, sizes, mass.sum(1).tolist()),
+    )
+
+
+def _score_rows(p: _Problem) -> Callable[[np.ndarray], np.ndarray]:
+    """Score rows for `greedy_rows` on CPU, built on demand in numpy: the greedy reads k of the N rows,
+    so mixing in the spatial term costs k·N element operations instead of N², in small
+    single-threaded steps (see mix_distance for why numpy)."""
+    batch, n = p.index.shape
+    gram = cosine_gram(p.unit).view(batch * n, n).numpy() if p.half > 0 else None
+    columns = [c.numpy() for c in p.columns]
+    weights = None if p.weights is None else p.weights.numpy()
+    padding = None if p.padding is None else p.padding.numpy()
+    every = np.arange(batch)
+    offset = every * n
+
+    def rows(i: np.ndarray) -> np.ndarray:
+        g = gram[i + offset] if gram is not None else None
+        d = mix_distance(g, [c[every, i][:, None] for c in columns], columns, p.half, p.scale)
+        if weights is not None:
+            np.multiply(d, weights, out=d)
+        d[every, i] = -np.inf
+        if padding is not None:
+            d[padding] = -np.inf
+        return d
+
+    return rows
+
+
+def _score_matrix(p: _Problem) -> torch.Tensor:
+    """All score rows at once [B, n, n] (on a GPU the N² mixing costs little next to kernel launches)."""
+    d = _full_distance(p.unit, p.columns, p.half, p.scale)
+    if p.weights is not None:
+        d.mul_(p.weights[:, None, :])
+    mask_self(d)
+    return d if p.padding is None else d.masked_fill_(p.padding[:, None, :], float("-inf"))
+
+
 def evtp_select(
     features: torch.Tensor,
     coords: torch.Tensor,
@@ -115,29 +321,48 @@ def evtp_select(
     temporal_scale: float = 1.0,
     temperature: float = 1.0,
     mode: str = "per-frame",
+    backend: str = "auto",
 ) -> torch.Tensor:
-    """The EVTP rule on one sample (see module docstring). Returns indices in selection order."""
-    info = token_information(features, temperature)
-    weights = 1.0 + info_weight * info if info_weight != 0 else None
-    frames = torch.unique(frame_ids, sorted=True)
-    if mode == "global" or frames.numel() == 1:
-        dist = mixed_distance(features, coords, spatial_weight, temporal_scale)
-        return greedy_farthest_point(dist, k, int(torch.argmax(info)), weights)
+    """The EVTP rule on one sample (see module docstring). Returns indices in selection order, frame by
+    frame in per-frame mode.
 
-    members = [torch.nonzero(frame_ids == f).flatten() for f in frames]
-    sizes = [int(m.numel()) for m in members]
-    frame_info = [float((info[m] + 0.05).sum()) for m in members]
-    budget = allocate_budget(k, sizes, frame_info)
+    All frames are selected together as one batched greedy. On CPU, distance rows are built only for
+    chosen points; on CUDA the score matrices are built whole and the loop runs as one Triton kernel
+    where available. backend: "auto" | "torch" | "triton" (see greedy.greedy_over_matrix), or
+    "reference" for the straightforward form (`evtp_select_reference`).
+    """
+    p = _problem(features, coords, k, frame_ids, spatial_weight, info_weight, temporal_scale, temperature, mode)
+    if backend == "reference":
+        return _select_reference(p)
+    steps = max(p.budget)
+    if features.device.type == "cpu" and backend != "triton":
+        picks = torch.from_numpy(greedy_rows(_score_rows(p), p.first.numpy(), steps))
+    else:
+        picks = greedy_over_matrix(_score_matrix(p), p.first, steps, backend)
+    budget = torch.tensor(p.budget, device=picks.device)
+    keep = torch.arange(steps, device=picks.device)[None, :] < budget[:, None]
+    return p.index.gather(1, picks)[keep]
+
+
+def evtp_select_reference(
+    features: torch.Tensor, coords: torch.Tensor, k: int, frame_ids: torch.Tensor, **options: float | str
+) -> torch.Tensor:
+    """The straightforward form of `evtp_select` (same options): each selection's full distance
+    matrix, then the plain greedy (`greedy_farthest_point`), one frame after another. Kept as the
+    reference for tests and benchmarks; the distances come from the same functions, so the two agree
+    to the bit."""
+    return evtp_select(features, coords, k, frame_ids, **{**options, "backend": "reference"})
+
+
+def _select_reference(p: _Problem) -> torch.Tensor:
+    dist = _full_distance(p.unit, p.columns, p.half, p.scale)
     picked = []
-    for idx, kf in zip(members, budget):
+    for f, (size, kf) in enumerate(zip(p.sizes, p.budget)):
         if kf == 0:
             continue
-        xy = coords[idx].clone()
-        xy[:, 0] = 0.0
-        dist = mixed_distance(features[idx], xy, spatial_weight, temporal_scale)
-        w = None if weights is None else weights[idx]
-        local = greedy_farthest_point(dist, kf, int(torch.argmax(info[idx])), w)
-        picked.append(idx[local])
+        w = None if p.weights is None else p.weights[f, :size]
+        local = greedy_farthest_point(dist[f, :size, :size], kf, int(p.first[f]), w)
+        picked.append(p.index[f, local])
     return torch.cat(picked)
 
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from evtp_cli.pruners.base import PruneContext, Pruner
-from evtp_cli.pruners.evtp import mixed_distance, token_information
-from evtp_cli.pruners.greedy import greedy_farthest_point
+from evtp_cli.pruners.evtp import evtp_select
 
 
 class KCenter(Pruner):
@@ -26,6 +25,7 @@ class KCenter(Pruner):
         temperature: float = 1.0
 
     def _select(self, features: torch.Tensor, coords: torch.Tensor, k: int, context: PruneContext | None) -> torch.Tensor:
-        dist = mixed_distance(features, coords, spatial_weight=0.0, temporal_scale=0.0)
-        first = int(torch.argmax(token_information(features, self.config.temperature)))
-        return greedy_farthest_point(dist, k, first)
+        one_set = torch.zeros(features.shape[0], dtype=torch.long, device=features.device)
+        return evtp_select(
+            features, coords, k, one_set, spatial_weight=0.0, info_weight=0.0, temperature=self.config.temperature, mode="global"
+        )

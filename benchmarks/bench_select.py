@@ -1,0 +1,202 @@
+"""Time every registered pruner's `select` at image and video sizes, on CPU or CUDA.
+
+    python benchmarks/bench_select.py                      # CPU: images of 256 and 1024 tokens, a 16 x 256 video, d = 1024
+    python benchmarks/bench_select.py --device cuda        # adds d = 3584 (a 7B LLM's width); CUDA events, warm-up
+    python benchmarks/bench_select.py --json               # the same numbers as JSON on stdout
+
+Besides the registered pruners (with their default options, found through `list_pruners()`, so a new
+pruner shows up by itself) it times `evtp:mode=global`, the straightforward EVTP reference
+(`evtp_select_reference`) and the published DivPrune loop (`divprune_reference`, the "DivPrune rule"),
+all in this one process on the same inputs, and prints the speed-up of EVTP over the DivPrune rule.
+Inputs are seeded random features on a token grid; selection time does not depend on their values
+beyond ties. Everything printed is measured here; nothing is stored or assumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from evtp_cli.errors import PrunerNotApplicable
+from evtp_cli.pruners import get_pruner, list_pruners
+from evtp_cli.pruners.base import frame_index, keep_count
+from evtp_cli.pruners.divprune import divprune_reference
+from evtp_cli.pruners.evtp import evtp_select, evtp_select_reference
+
+
+@dataclass
+class Row:
+    size: str  # e.g. "video 16x256"
+    n: int
+    d: int
+    k: int
+    method: str
+    median_ms: float | None
+    repeats: int
+    note: str = ""
+
+
+def grid(frames: int, tokens_per_frame: int) -> torch.Tensor:
+    """(t, y, x) patch centres of a frames x side x side grid (side = sqrt(tokens), or a 1 x tokens strip)."""
+    side = int(round(tokens_per_frame**0.5))
+    h, w = (side, side) if side * side == tokens_per_frame else (1, tokens_per_frame)
+    t = torch.arange(frames, dtype=torch.float32) / max(frames - 1, 1)
+    y = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+    x = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+    tt, yy, xx = torch.meshgrid(t, y, x, indexing="ij")
+    return torch.stack([tt.flatten(), yy.flatten(), xx.flatten()], dim=1)
+
+
+def timer(device: torch.device) -> Callable[[Callable[[], object], int, int], float]:
+    """Median milliseconds of fn over `repeats` runs after `warmup` runs (CUDA events on a GPU)."""
+
+    def run(fn: Callable[[], object], repeats: int, warmup: int) -> float:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda.synchronize()
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    return run
+
+
+def methods(features: torch.Tensor, coords: torch.Tensor, k: int, with_torch_loop: bool) -> list[tuple[str, Callable[[], object], bool]]:
+    """(name, call, is_reference) for every method timed at one size."""
+    frame_ids = frame_index(coords)
+    out: list[tuple[str, Callable[[], object], bool]] = []
+    for name in list_pruners():
+        pruner = get_pruner(name)
+        out.append((name, lambda p=pruner: p.select(features, coords, k), False))
+    glob = get_pruner("evtp", mode="global")
+    out.append(("evtp:mode=global", lambda: glob.select(features, coords, k), False))
+    if with_torch_loop:  # the same selection without the Triton kernel
+        for mode in ("per-frame", "global"):
+            out.append((f"evtp_select(mode={mode}, backend=torch)", lambda m=mode: evtp_select(features, coords, k, frame_ids, mode=m, backend="torch"), False))
+    for mode in ("per-frame", "global"):
+        out.append((f"evtp_select_reference(mode={mode})", lambda m=mode: evtp_select_reference(features, coords, k, frame_ids, mode=m), True))
+    out.append(("divprune_reference (DivPrune rule)", lambda: divprune_reference(features, k), True))
+    return out
+
+
+def measure(args: argparse.Namespace) -> tuple[list[Row], dict]:
+    device = torch.device(args.device)
+    run = timer(device)
+    dims = args.dims or ([1024, 3584] if device.type == "cuda" else [1024])
+    sizes = [(f"image {n}", 1, n) for n in args.image_tokens]
+    sizes.append((f"video {args.frames}x{args.frame_tokens}", args.frames, args.frame_tokens))
+    rows: list[Row] = []
+    gen = torch.Generator().manual_seed(args.seed)
+    for d in dims:
+        for label, frames, per_frame in sizes:
+            if d != dims[0] and frames == 1:
+                continue  # the wide LLM width only at the video size, where selection costs most
+            coords = grid(frames, per_frame).to(device)
+            n = coords.shape[0]
+            features = torch.randn(n, d, generator=gen).to(device)
+            k = keep_count(args.ratio, n)
+            with_loop = device.type == "cuda"
+            for name, fn, is_reference in methods(features, coords, k, with_loop):
+                repeats = args.reference_repeats if is_reference else args.repeats
+                try:
+                    warmup = args.warmup if device.type == "cuda" else 0 if is_reference else 1
+                    ms = run(fn, repeats, warmup)
+                    rows.append(Row(label, n, d, k, name, ms, repeats))
+                except PrunerNotApplicable as err:
+                    rows.append(Row(label, n, d, k, name, None, 0, f"skipped: {err}"))
+                except Exception as err:  # noqa: BLE001 - one failing method must not hide the others' numbers
+                    rows.append(Row(label, n, d, k, name, None, 0, f"failed: {type(err).__name__}: {err}"[:120]))
+                print(f"  {label} d={d} {name}: done", file=sys.stderr, flush=True)
+    meta = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "ratio": args.ratio,
+        "timing": "CUDA events after warm-up" if device.type == "cuda" else "time.perf_counter",
+        "command": " ".join(["python benchmarks/bench_select.py", *args.argv]),
+    }
+    return rows, meta
+
+
+def speedups(rows: list[Row]) -> list[dict]:
+    """EVTP (global and default) against the DivPrune rule, at every size where both were timed."""
+    out = []
+    for size, d in sorted({(r.size, r.d) for r in rows}, key=lambda s: (s[1], s[0])):
+        at = {r.method: r.median_ms for r in rows if r.size == size and r.d == d and r.median_ms}
+        rule = at.get("divprune_reference (DivPrune rule)")
+        for method in ("evtp:mode=global", "evtp"):
+            if rule and at.get(method):
+                out.append({"size": size, "d": d, "method": method, "vs": "DivPrune rule", "speedup": rule / at[method]})
+    return out
+
+
+def render(rows: list[Row], meta: dict, gains: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"selection time, median ms ({meta['device']}, {meta['torch_threads']} torch threads, {meta['timing']})")
+    for col in ("size", "d", "k", "method", "median ms", "runs", "note"):
+        table.add_column(col, justify="right" if col in ("d", "k", "median ms", "runs") else "left")
+    for r in rows:
+        ms = "-" if r.median_ms is None else f"{r.median_ms:.2f}"
+        table.add_row(r.size, str(r.d), str(r.k), r.method, ms, str(r.repeats), r.note)
+    console = Console()
+    console.print(table)
+    for g in gains:
+        console.print(f"{g['size']}, d={g['d']}: {g['method']} is {g['speedup']:.1f}x faster than the {g['vs']}")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per method (median reported)")
+    ap.add_argument("--reference-repeats", type=int, default=1, help="timed runs of the slow references")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed runs first (CUDA)")
+    ap.add_argument("--image-tokens", type=int, nargs="*", default=[256, 1024], help="image sizes in tokens")
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--frame-tokens", type=int, default=256)
+    ap.add_argument("--dims", type=int, nargs="*", default=None, help="feature widths (default 1024; 1024 3584 on CUDA)")
+    ap.add_argument("--ratio", type=float, default=0.2, help="keep ratio: k = round(ratio * N)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    rows, meta = measure(args)
+    gains = speedups(rows)
+    if args.json:
+        print(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], "speedups": gains}, indent=1))
+    else:
+        render(rows, meta, gains)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
