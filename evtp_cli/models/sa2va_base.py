@@ -63,10 +63,9 @@ CHECKPOINT_LAYOUT = (
     "tokenizer_config.json)"
 )
 OUT_OF_SCOPE = (
-    "Sa2VA variants whose language model has no transformers class (InternLM2.5 in Sa2VA-8B and Sa2VA-26B, "
-    "InternLM2 in Sa2VA-2B, Phi-3 in older InternVL2-4B builds) are out of scope for the native pipeline; "
-    "supported: Sa2VA-1B, Sa2VA-4B, Sa2VA-InternVL3-2B/8B/14B (sa2va-internvl) and "
-    "Sa2VA-Qwen2_5-VL-3B/7B (sa2va-qwen)"
+    "Sa2VA variants whose language model has no transformers class (InternLM2.5 in Sa2VA-8B and Sa2VA-26B) "
+    "or is not Qwen2-based are out of scope for the native pipeline; supported: Sa2VA-1B, Sa2VA-4B, "
+    "Sa2VA-InternVL3-2B/8B/14B (sa2va-internvl) and Sa2VA-Qwen2_5-VL-3B/7B (sa2va-qwen)"
 )
 
 

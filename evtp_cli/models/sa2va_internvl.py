@@ -116,7 +116,7 @@ class Sa2VAInternVL(Sa2VABackend):
         return config, sam
 
     def _checkpoint_vlm_config(self, raw: dict, tokenizer, path: Path) -> Any:
-        from transformers import InternVLConfig, LlamaConfig, Qwen2Config
+        from transformers import InternVLConfig, Qwen2Config
 
         if "llm_config" not in raw:
             if "spatial_merge_size" in raw.get("vision_config", {}):
@@ -124,15 +124,14 @@ class Sa2VAInternVL(Sa2VABackend):
             raise EvtpError(f"{str(path)!r} does not hold an InternVL-based Sa2VA config (no llm_config). {OUT_OF_SCOPE}")
         llm = dict(raw["llm_config"])
         arch = (llm.get("architectures") or ["?"])[0]
-        classes = {"Qwen2ForCausalLM": Qwen2Config, "LlamaForCausalLM": LlamaConfig}
-        if arch not in classes:
+        if arch != "Qwen2ForCausalLM":
             raise EvtpError(f"{str(path)!r} has a {arch} language model. {OUT_OF_SCOPE}")
         template = str(raw.get("template", "qwen_chat")).replace("-", "_")
-        if template != "qwen_chat":
-            raise EvtpError(f"{str(path)!r} uses the {template!r} chat template; only 'qwen_chat' (Qwen-based Sa2VA) is supported. {OUT_OF_SCOPE}")
+        if any(name in template for name in ("internlm", "phi3", "vicuna", "llama")):
+            raise EvtpError(f"{str(path)!r} uses the {template!r} chat template; the Qwen-based Sa2VA models use ChatML ('qwen_chat'). {OUT_OF_SCOPE}")
         if raw.get("ps_version", "v2") != "v2":
             raise EvtpError(f"{str(path)!r} uses pixel shuffle {raw.get('ps_version')!r}; transformers' InternVL implements 'v2'")
-        text = classes[arch](**{k: v for k, v in llm.items() if k not in _LLM_DROP})
+        text = Qwen2Config(**{k: v for k, v in llm.items() if k not in _LLM_DROP})
         vis = raw.get("vision_config", {})
         vision = {k: v for k, v in vis.items() if k in _VISION_KEYS}
         vision.update(attention_bias=bool(vis.get("qkv_bias", True)), use_qk_norm=bool(vis.get("qk_normalization", False)),
@@ -155,7 +154,7 @@ class Sa2VAInternVL(Sa2VABackend):
 
     def _sa2va_config(self, vlm_config) -> dict:
         text = vlm_config.text_config.to_dict()
-        text["architectures"] = ["Qwen2ForCausalLM" if text.get("model_type") == "qwen2" else "LlamaForCausalLM"]
+        text["architectures"] = ["Qwen2ForCausalLM"]
         v = vlm_config.vision_config
         size = v.image_size[0] if isinstance(v.image_size, (list, tuple)) else v.image_size
         patch = v.patch_size[0] if isinstance(v.patch_size, (list, tuple)) else v.patch_size

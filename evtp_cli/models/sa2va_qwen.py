@@ -104,7 +104,7 @@ class Sa2VAQwen(Sa2VABackend):
 
         if "llm_config" in raw:
             arch = (raw["llm_config"].get("architectures") or ["?"])[0]
-            if arch not in ("Qwen2ForCausalLM", "LlamaForCausalLM"):
+            if arch != "Qwen2ForCausalLM":
                 raise EvtpError(f"{str(path)!r} is an InternVL-based Sa2VA checkpoint with a {arch} language model. {OUT_OF_SCOPE}")
             raise EvtpError(f"{str(path)!r} is an InternVL-based Sa2VA checkpoint: load it with --model sa2va-internvl:path=...")
         if "vision_config" not in raw or "spatial_merge_size" not in raw.get("vision_config", {}):
