@@ -22,6 +22,7 @@ from evtp_cli.metrics import IoUAccumulator, JFAccumulator
 from evtp_cli.metrics.timing import STAGES, StageTimer
 from evtp_cli.models.base import IVSModel, PrunePlan
 from evtp_cli.pruners.base import PruneContext, keep_count
+from evtp_cli.pruners.stages import inner_hook
 
 REFERENCE = "none"  # the pruner name of the unpruned reference rows
 
@@ -49,6 +50,7 @@ class SampleOutcome:
     tokens_total: int | None = None
     tokens_kept: int | None = None
     reason: str | None = None
+    tokens_equiv: float | None = None  # layer-averaged visual tokens in the LLM (SparseVLM-style count)
 
 
 def sample_seed(seed: int, sample_id: str) -> int:
@@ -57,7 +59,14 @@ def sample_seed(seed: int, sample_id: str) -> int:
 
 
 def run_sample(model: IVSModel, sample: Sample, pruner: Any | None, ratio: float, seed: int) -> tuple[Any, dict[str, float], int, int]:
-    """Encode, select, decode one sample. Returns (prediction, stage ms, tokens total, tokens kept)."""
+    """Encode, select, decode one sample. Returns (prediction, stage ms, tokens total, tokens kept).
+
+    Pre-LLM methods select here; methods acting in the vision encoder or the LLM (`pruner.stage`
+    "vision" / "llm") go to the backend as `PrunePlan.inner` (`pruners.stages`), or raise
+    PrunerNotApplicable where the backend has no such hook. Tokens kept: the visual tokens the LLM
+    carries after the method's pruning point (its last layer's count where the backend reports one);
+    `prediction.extras["tokens_equiv"]` is the count averaged over the LLM's layers.
+    """
     timer = StageTimer(str(model.device))
     tokens = model.encode(sample, timer)
     n = tokens.count
@@ -67,15 +76,28 @@ def run_sample(model: IVSModel, sample: Sample, pruner: Any | None, ratio: float
         k = keep_count(ratio, n)
         context = tokens.context
         context.seed = sample_seed(seed, sample.id)
-        with timer.stage("select"):
-            merged = pruner.select_and_merge(tokens.features, tokens.coords, k, context)
-        plan = PrunePlan(
-            keep=merged.indices,
-            features=merged.features if pruner.merges else None,
-            coords=merged.coords if pruner.merges else None,
-        )
-        kept = int(merged.features.shape[0])
+        stage = getattr(pruner, "stage", "pre-llm")
+        if stage == "pre-llm":
+            with timer.stage("select"):
+                merged = pruner.select_and_merge(tokens.features, tokens.coords, k, context)
+            plan = PrunePlan(
+                keep=merged.indices,
+                features=merged.features if pruner.merges else None,
+                coords=merged.coords if pruner.merges else None,
+            )
+            kept = int(merged.features.shape[0])
+        else:
+            hook = inner_hook(pruner, k, context, tuple(model.inner_stages), model.name)
+            layers = hook.layers(model.llm_layers)
+            plan = PrunePlan(inner=hook, inner_stage=stage, inner_keep=k, inner_layers=layers, inner_layer=layers[0] if layers else None)
+            kept = k
     prediction = model.decode(sample, tokens, plan, timer)
+    per_layer = prediction.extras.get("visual_tokens_per_layer")
+    if per_layer:
+        kept = int(per_layer[-1]) if plan.inner is not None else kept
+        prediction.extras["tokens_equiv"] = float(statistics.mean(per_layer))
+    else:
+        prediction.extras["tokens_equiv"] = float(kept)
     return prediction, timer.result(), n, kept
 
 
@@ -104,6 +126,7 @@ class _Accumulators:
     timings: list[dict[str, float]] = field(default_factory=list)
     tokens_total: list[int] = field(default_factory=list)
     tokens_kept: list[int] = field(default_factory=list)
+    tokens_equiv: list[float] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     not_applicable: str | None = None
     writer: Any | None = None  # a SubmissionWriter when predictions are saved
@@ -165,7 +188,7 @@ def evaluate_dataset(
                 on_sample(outcome)
     rows = []
     for acc in accs:
-        row = _row(acc.setting, dataset, acc.iou, acc.jf, acc.timings, acc.tokens_total, acc.tokens_kept, acc.failed)
+        row = _row(acc.setting, dataset, acc.iou, acc.jf, acc.timings, acc.tokens_total, acc.tokens_kept, acc.failed, acc.tokens_equiv)
         if acc.not_applicable is not None:
             row["not_applicable"] = acc.not_applicable
         if acc.extra is not None and acc.timings:
@@ -173,7 +196,7 @@ def evaluate_dataset(
         if acc.writer is not None and acc.writer.count:
             row["predictions_zip"] = str(acc.writer.finish())
         if acc.tokens_kept and model.prefill_flops(1) is not None:
-            row["gflops_prefill"] = model.prefill_flops(int(round(statistics.mean(acc.tokens_kept))) + TEXT_TOKENS) / 1e9
+            row["gflops_prefill"] = model.prefill_flops(int(round(statistics.mean(acc.tokens_equiv or acc.tokens_kept))) + TEXT_TOKENS) / 1e9
         rows.append(row)
     return rows
 
@@ -203,7 +226,9 @@ def _evaluate_one(model: IVSModel, sample: Sample, acc: _Accumulators, seed: int
     acc.timings.append(ms)
     acc.tokens_total.append(total)
     acc.tokens_kept.append(kept)
-    return SampleOutcome(sample.id, True, metrics, ms, total, kept)
+    equiv = float(prediction.extras.get("tokens_equiv", kept))
+    acc.tokens_equiv.append(equiv)
+    return SampleOutcome(sample.id, True, metrics, ms, total, kept, tokens_equiv=equiv)
 
 
 def _record(setting: Setting, dataset: Dataset, outcome: SampleOutcome) -> dict[str, Any]:
@@ -220,6 +245,7 @@ def _record(setting: Setting, dataset: Dataset, outcome: SampleOutcome) -> dict[
         rec.update({f"ms_{k}": v for k, v in outcome.ms.items()})
         rec["tokens_total"] = outcome.tokens_total
         rec["tokens_kept"] = outcome.tokens_kept
+        rec["tokens_equiv"] = outcome.tokens_equiv
     else:
         rec["reason"] = outcome.reason
     return rec
@@ -230,7 +256,7 @@ def _median(values: Iterable[float]) -> float | None:
     return float(statistics.median(values)) if values else None
 
 
-def _row(setting, dataset, iou, jf, timings, tokens_total, tokens_kept, failed) -> dict[str, Any]:
+def _row(setting, dataset, iou, jf, timings, tokens_total, tokens_kept, failed, tokens_equiv=None) -> dict[str, Any]:
     task = dataset.task
     row: dict[str, Any] = {
         "model": setting.model,
@@ -243,6 +269,7 @@ def _row(setting, dataset, iou, jf, timings, tokens_total, tokens_kept, failed) 
         "n_failed": len(failed),
         "tokens_total": float(np.mean(tokens_total)) if tokens_total else None,
         "tokens_kept": float(np.mean(tokens_kept)) if tokens_kept else None,
+        "tokens_equiv": float(np.mean(tokens_equiv)) if tokens_equiv else (float(np.mean(tokens_kept)) if tokens_kept else None),
     }
     if task == "image":
         row.update(iou.compute() if iou.n else {"giou": None, "ciou": None})

@@ -54,7 +54,11 @@ class PrunePlan:
     keep: sorted LongTensor of kept visual-token indices.
     features / coords: replacement tokens aligned with `keep` (merging methods); None = the originals.
     inner: for methods that act inside the model (stage "vision" or "llm"): a callable
-        `inner(hook_state) -> LongTensor` the backend calls at `inner_layer`, with `inner_keep` tokens to keep.
+        `inner(hook_state)` the backend calls where the method acts, with `inner_keep` tokens to keep
+        (`evtp_cli.pruners.stages` documents the states and results). `inner_stage` says which hook:
+        "vision" (once, on the encoder output: `inner(VisionState) -> Merged`) or "llm" (before each
+        decoder layer in `inner_layers`: `inner(LLMState) -> LayerPrune | None`); `inner_layer` is the
+        first of those layers.
     """
 
     keep: torch.Tensor | None = None
@@ -63,6 +67,8 @@ class PrunePlan:
     inner: Callable[..., Any] | None = None
     inner_layer: int | None = None
     inner_keep: int | None = None
+    inner_stage: str | None = None
+    inner_layers: tuple[int, ...] = ()
 
 
 @dataclass
@@ -80,6 +86,8 @@ class IVSModel(abc.ABC):
     name: ClassVar[str] = ""
     #: stages of pruning this backend supports besides "pre-llm"
     inner_stages: ClassVar[tuple[str, ...]] = ()
+    #: number of decoder layers of the LLM (for in-LLM methods' layer choice); None if unknown
+    llm_layers: int | None = None
 
     def __init__(self, config: Any):
         self.config = config

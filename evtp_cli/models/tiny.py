@@ -28,6 +28,7 @@ from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models.base import IVSModel, Prediction, PrunePlan, VisualTokens
 from evtp_cli.models.tiny_net import SEG, TinyIVSNet, grid_coords
 from evtp_cli.pruners.base import PruneContext
+from evtp_cli.pruners.stages import LayerPrune, LLMState, VisionState, attention_received, attention_rows, member_mean
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_WEIGHTS = ASSETS / "tiny_ivs.safetensors"
@@ -54,6 +55,7 @@ class TinyIVS(IVSModel):
     """Bundled tiny IVS model (vision encoder, 4-layer LLM, pointer prompt, promptable mask head)."""
 
     name = "tiny-ivs"
+    inner_stages = ("vision", "llm")
 
     @dataclass
     class Config:
@@ -81,6 +83,10 @@ class TinyIVS(IVSModel):
         self.net.eval().to(self.device)
         self.weights_path = path
 
+    @property
+    def llm_layers(self) -> int:  # type: ignore[override]
+        return len(self.net.llm.blocks)
+
     def info(self) -> dict:
         n_params = sum(p.numel() for n, p in self.net.named_parameters() if not n.startswith("attributes."))
         return {"name": self.name, "weights": str(self.weights_path), "parameters": n_params, "frames": self.config.frames}
@@ -102,7 +108,8 @@ class TinyIVS(IVSModel):
     def encode(self, sample: Sample, timer: StageTimer) -> VisualTokens:
         with timer.stage("vision"):
             images, orig = self._images(sample)
-            tokens, f2, f1 = self.net.vision(images)
+            capture: dict = {}
+            tokens, f2, f1 = self.net.vision(images, capture)
             t, h, w = images.shape[0], images.shape[2] // PATCH, images.shape[3] // PATCH
             keys = key_frame_indices(t, self.config.frames) if sample.task == "video" else [0]
             features = self.net.projector(tokens[keys]).flatten(0, 1)
@@ -111,23 +118,46 @@ class TinyIVS(IVSModel):
             coords = torch.cat([tvals.repeat_interleave(h * w)[:, None], grid_coords(h, w, self.device).repeat(n_keys, 1)], 1)
             frame_ids = torch.arange(n_keys, device=self.device).repeat_interleave(h * w)
         state = {"tokens": tokens, "f2": f2, "f1": f1, "keys": keys, "grid": (h, w), "orig": orig}
-        return VisualTokens(features, coords, frame_ids, PruneContext(frame_ids=frame_ids), state)
+        context = self._context(frame_ids, capture["last_input"][keys])
+        return VisualTokens(features, coords, frame_ids, context, state)
+
+    def _context(self, frame_ids: torch.Tensor, last_input: torch.Tensor) -> PruneContext:
+        """Frame ids, plus lazy vision-side attention and keys of the last encoder layer for the key frames.
+
+        The encoder has no [CLS] token: `attention` is the mean attention each token receives in its
+        frame (over heads and queries), recomputed from the last block's q/k; `keys` are that block's
+        keys with the heads side by side ([N, C], `key_heads` heads).
+        """
+        block = self.net.vision.blocks[-1]
+
+        @torch.inference_mode()
+        def attention() -> torch.Tensor:
+            q, k = block.qk(last_input)
+            return attention_received(q, k).flatten()
+
+        @torch.inference_mode()
+        def keys() -> torch.Tensor:
+            _, k = block.qk(last_input)
+            return k.transpose(1, 2).flatten(2).flatten(0, 1)
+
+        extras = {"attention_kind": "mean-received", "key_heads": block.heads}
+        return PruneContext(frame_ids=frame_ids, extras=extras, providers={"attention": attention, "keys": keys})
 
     # --- decode ----------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def decode(self, sample: Sample, tokens: VisualTokens, plan: PrunePlan, timer: StageTimer) -> Prediction:
-        if plan.inner is not None:
-            raise EvtpError("tiny-ivs does not support pruning inside the model yet")
         net, st = self.net, tokens.state
-        keep = plan.keep
-        feats = tokens.features if keep is None else (plan.features if plan.features is not None else tokens.features[keep])
-        coords = tokens.coords if keep is None else (plan.coords if plan.coords is not None else tokens.coords[keep])
+        feats, coords, extras = self._llm_tokens(tokens, plan, timer)
         ids = net.tokenizer.encode(sample.text, net.arch.max_text)
         with timer.stage("prefill"):
             text = torch.tensor([ids], device=self.device)
             x = torch.cat([net.llm.visual_inputs(feats, coords)[None], net.llm.text_inputs(text)], 1)
-            hidden, caches = net.llm.run(x)
+            if plan.inner_stage == "llm":
+                hidden, caches, feats, coords, counts = self._prefill_hooked(x, feats, coords, plan)
+            else:
+                hidden, caches = net.llm.run(x)
+                counts = [int(feats.shape[0])] * len(net.llm.blocks)
         with timer.stage("decode"):
             seg = net.llm.text_inputs(torch.tensor([[SEG]], device=self.device), start=len(ids))
             seg_hidden, _ = net.llm.run(seg, caches)
@@ -140,7 +170,60 @@ class TinyIVS(IVSModel):
             frame = st["keys"][key_index]
         with timer.stage("mask"):
             masks = self._segment(st, frame, point)
-        return Prediction(masks=masks, extras={"pointed_token": j, "frame": frame, "point": point.tolist()})
+        extras.update({"pointed_token": j, "frame": frame, "point": point.tolist(), "visual_tokens_per_layer": counts})
+        return Prediction(masks=masks, extras=extras)
+
+    def _llm_tokens(self, tokens: VisualTokens, plan: PrunePlan, timer: StageTimer) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The visual tokens the LLM receives: all, a pre-LLM plan, or a vision method's output."""
+        if plan.inner is not None and plan.inner_stage == "vision":
+            st = tokens.state
+            with timer.stage("select"):
+                vision = st["tokens"][st["keys"]].flatten(0, 1)
+                merged = plan.inner(VisionState(vision, tokens.coords, tokens.context))
+                return self.net.projector(merged.features), merged.coords, dict(merged.info)
+        if plan.inner is not None and plan.inner_stage != "llm":
+            raise EvtpError(f"tiny-ivs has no {plan.inner_stage!r} hook; it has {', '.join(self.inner_stages)}")
+        keep = plan.keep
+        if keep is None:
+            return tokens.features, tokens.coords, {}
+        feats = plan.features if plan.features is not None else tokens.features[keep]
+        coords = plan.coords if plan.coords is not None else tokens.coords[keep]
+        return feats, coords, {}
+
+    def _prefill_hooked(self, x: torch.Tensor, feats: torch.Tensor, coords: torch.Tensor, plan: PrunePlan):
+        """Prefill with an in-LLM method called before each layer in `plan.inner_layers`.
+
+        Visual tokens come first in tiny-ivs's sequence, so the kept (and merged) visual rows stay a
+        prefix. Positions are added to the inputs, so kept tokens keep theirs. Layers before a pruning
+        point keep the key/value cache of every token they saw; the [SEG] step reads each layer's own
+        cache. Returns (hidden, caches, features, coords of the final visual tokens, count per layer).
+        """
+        llm = self.net.llm
+        depth = len(llm.blocks)
+        n0, length = feats.shape[0], x.shape[1]
+        device = x.device
+        sizes = torch.ones(n0, device=device)
+        inputs_visual, inputs_text = torch.arange(n0, device=device), torch.arange(n0, length, device=device)
+        points = set(plan.inner_layers)
+        h, caches, counts = x, [], []
+        previous: tuple | None = None
+        for j, block in enumerate(llm.blocks):
+            n = feats.shape[0]
+            if j in points and previous is not None:
+                state = LLMState(
+                    layer=j, depth=depth, hidden=h[0], visual=torch.arange(n, device=device),
+                    text=torch.arange(n, h.shape[1], device=device), coords=coords,
+                    attention=previous[0], keys=previous[1], norm=llm.norm,
+                    inputs=x[0], inputs_visual=inputs_visual, inputs_text=inputs_text,
+                )  # fmt: skip
+                result = plan.inner(state)
+                if result is not None:
+                    h, feats, coords, sizes = _apply_layer_prune(result, h, feats, coords, sizes)
+            counts.append(int(feats.shape[0]))
+            previous = _layer_view(block, h)
+            h, kv = block(h)
+            caches.append(kv)
+        return llm.norm(h), caches, feats, coords, counts
 
     def _mask_logits(self, st: dict, frame: int, point: torch.Tensor) -> torch.Tensor:
         h, w = st["grid"]
@@ -193,3 +276,35 @@ class TinyIVS(IVSModel):
         per_token = layers * (2 * 4 * d * d + 2 * 2 * d * mlp)
         attention = layers * 2 * 2 * d * sequence_length * sequence_length / 2
         return float(per_token * sequence_length + attention)
+
+
+def _layer_view(block, x_in: torch.Tensor):
+    """(attention(queries) -> [H, q, L], keys() -> [H, L, dh]) of one LLM block for its input, lazily."""
+    cache: dict = {}
+
+    def qk():
+        if "qk" not in cache:
+            q, k = block.qk(x_in)
+            cache["qk"] = (q[0], k[0])
+        return cache["qk"]
+
+    return (lambda queries: attention_rows(*qk(), queries)), (lambda: qk()[1])
+
+
+def _apply_layer_prune(result: LayerPrune, h, feats, coords, sizes):
+    """Keep `result.keep` of the leading visual rows and append merged rows after them."""
+    n = feats.shape[0]
+    keep = result.keep.to(h.device)
+    vis, feats_k, coords_k, sizes_k = h[:, keep], feats[keep], coords[keep], sizes[keep]
+    if result.merged is not None and result.merged.shape[0] > 0:
+        groups = result.groups.to(h.device)
+        inside = torch.nonzero(groups >= 0).flatten()
+        members = torch.zeros(result.merged.shape[0], n, dtype=torch.bool, device=h.device)
+        members[groups[inside], inside] = True
+        merged_feats, merged_sizes = member_mean(feats, sizes, members)
+        merged_coords, _ = member_mean(coords, sizes, members)
+        vis = torch.cat([vis, result.merged.to(h.dtype)[None]], 1)
+        feats_k = torch.cat([feats_k, merged_feats.to(feats.dtype)])
+        coords_k = torch.cat([coords_k, merged_coords.to(coords.dtype)])
+        sizes_k = torch.cat([sizes_k, merged_sizes])
+    return torch.cat([vis, h[:, n:]], 1), feats_k, coords_k, sizes_k

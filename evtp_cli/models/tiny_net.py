@@ -93,6 +93,12 @@ class EncoderBlock(nn.Module):
         x = x + self.proj(att.transpose(1, 2).reshape(b, n, d))
         return x + self.mlp(self.norm2(x))
 
+    def qk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This block's queries and keys [B, H, n, dh] for its input x (to recompute its attention)."""
+        b, n, d = x.shape
+        q, k, _ = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k
+
 
 class VisionEncoder(nn.Module):
     """Per-frame conv stem + transformer layers: tokens on a (H/4) x (W/4) grid and two high-res maps."""
@@ -110,8 +116,12 @@ class VisionEncoder(nn.Module):
         self.norm = nn.LayerNorm(c)
         self.bands = arch.fourier_bands
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """images [B, 3, H, W] in [0, 1] -> tokens [B, h*w, C], f2 [B, C2, H/2, W/2], f1 [B, C1, H, W]."""
+    def forward(self, images: torch.Tensor, capture: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """images [B, 3, H, W] in [0, 1] -> tokens [B, h*w, C], f2 [B, C2, H/2, W/2], f1 [B, C1, H, W].
+
+        With `capture`, the input of the last block is stored there as "last_input" (for pruners that
+        read the last layer's attention and keys, recomputed from its q/k by `EncoderBlock.qk`).
+        """
         x = (images - 0.45) / 0.25
         f1 = self.stem1(x)
         f2 = self.stem2(f1)
@@ -122,7 +132,9 @@ class VisionEncoder(nn.Module):
         ang = yx[..., None] * freqs
         pos = self.pos(torch.cat([ang.sin(), ang.cos()], -1).flatten(-2))
         tokens = f4.flatten(2).transpose(1, 2) + pos
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            if capture is not None and i == len(self.blocks) - 1:
+                capture["last_input"] = tokens
             tokens = block(tokens)
         return self.norm(tokens), f2, f1
 
@@ -181,6 +193,11 @@ class LLMBlock(nn.Module):
         x = x + self.o(att.transpose(1, 2).reshape(b, n, d))
         x = x + self.mlp(self.norm2(x))
         return x, (k, v)
+
+    def qk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This block's queries and keys [B, H, n, dh] for its input x (to recompute its attention)."""
+        h = self.norm1(x)
+        return self.split(self.q(h)), self.split(self.k(h))
 
 
 class TinyLLM(nn.Module):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -35,6 +35,10 @@ class PruneContext:
     keys: [N, dk] attention keys of the visual tokens at the layer a method reads.
     seed: seed for randomised methods (overrides the pruner's own seed when given).
     extras: anything else a backend offers, by name.
+    providers: lazy sources for any field or extra above (`name -> callable()`), so that a backend
+        computes what a method needs only when a method asks for it, inside the method's own timing.
+        Methods read through `need(name, by)`, which resolves providers once and raises
+        `PrunerNotApplicable` when neither the value nor a provider is there.
     """
 
     frame_ids: torch.Tensor | None = None
@@ -43,6 +47,31 @@ class PruneContext:
     keys: torch.Tensor | None = None
     seed: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    providers: dict[str, Callable[[], Any]] = field(default_factory=dict)
+
+    def need(self, name: str, by: str) -> Any:
+        """The field or extra `name`, computed from its provider on first use; else PrunerNotApplicable."""
+        is_field = name in _CONTEXT_FIELDS
+        value = getattr(self, name) if is_field else self.extras.get(name)
+        if value is None and name in self.providers:
+            value = self.providers[name]()
+            if is_field:
+                setattr(self, name, value)
+            else:
+                self.extras[name] = value
+        if value is None:
+            what = _CONTEXT_NEEDS.get(name, name)
+            raise PrunerNotApplicable(f"{by} needs {what}, which this backend does not provide")
+        return value
+
+
+_CONTEXT_FIELDS = ("frame_ids", "text_embeds", "attention", "keys")
+_CONTEXT_NEEDS = {
+    "attention": "vision-side attention (the [CLS] attention, or the mean attention each token receives)",
+    "keys": "the vision encoder's attention keys of the visual tokens",
+    "text_embeds": "instruction embeddings in the LLM input space",
+    "llm_state": "the LLM's hidden states and attention at its pruning layer (an in-LLM hook)",
+}
 
 
 @dataclass
@@ -52,6 +81,7 @@ class Merged:
     indices: torch.Tensor
     features: torch.Tensor
     coords: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)  # what a method reports besides (e.g. PruMerge+'s adaptive count)
 
 
 def keep_count(ratio: float, n: int) -> int:

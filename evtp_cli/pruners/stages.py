@@ -1,0 +1,326 @@
+"""Methods that act inside the model: the hook interface a backend implements, and shared pieces.
+
+`Pruner.stage` says where a method acts:
+
+- "pre-llm" (most methods): on the projected visual tokens, between the projector and the LLM; the
+  evaluation loop calls `select_and_merge` and passes the result in `PrunePlan.keep/features/coords`.
+- "vision" (VisionZip, FasterVLM, VisPruner, PruMerge+, ToMe): right after the vision encoder, on the
+  vision-space tokens (before the projector), reading the encoder's attention and keys.
+- "llm" (FastV, SparseVLM, DART): inside the LLM during prefill, between two decoder layers.
+
+For the last two the loop wraps the pruner in an `InnerHook` (`inner_hook`) and passes it as
+`PrunePlan.inner`; the backend calls it where the method acts:
+
+- vision: `merged = plan.inner(VisionState(features, coords, context))` with `features` the
+  vision-space rows aligned one-to-one with the LLM's visual tokens; `merged` is a `Merged` in that
+  space (indices sorted), which the backend projects and feeds to the LLM as a pre-LLM plan.
+- llm: before each decoder layer `j` in `plan.inner_layers` (0-based; layers < j ran on the current
+  sequence), `result = plan.inner(LLMState(...))`; the backend drops the visual rows not in
+  `result.keep` from the hidden states (positions, attention mask and cache positions with them),
+  appends `result.merged` rows after the kept visual rows, and runs layers >= j on that sequence.
+  Layers < j keep the key/value cache of every token (as in FastV: the early layers saw the full
+  sequence). The backend reports the visual-token count each layer carried in
+  `Prediction.extras["visual_tokens_per_layer"]`.
+
+docs/baselines.md lists, per method, what a backend must provide. Shared helpers here: attention rows
+and attention received recomputed from q/k (so models keep running sdpa/flash attention), size-weighted
+merging of coordinates, an even per-frame budget, and top-k with a fixed tie rule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from evtp_cli.pruners.base import Merged, PruneContext, Pruner, PrunerNotApplicable, check_inputs, frame_index
+
+__all__ = [
+    "InnerHook",
+    "LLMPruner",
+    "LLMState",
+    "LayerPrune",
+    "VisionPruner",
+    "VisionState",
+    "attention_received",
+    "attention_rows",
+    "frame_budgets",
+    "member_mean",
+    "topk_sorted",
+]
+
+# ---------------------------------------------------------------------------------------------
+# shared pure functions
+
+
+def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores, ties to the lower index, returned in ascending index order."""
+    order = torch.sort(scores.float(), descending=True, stable=True).indices
+    return torch.sort(order[:k]).values
+
+
+def attention_rows(q: torch.Tensor, k: torch.Tensor, queries: torch.Tensor | None = None, causal: bool = True) -> torch.Tensor:
+    """Softmax attention probabilities recomputed from q/k of one layer.
+
+    q, k: [H, L, dh] (after any rotary embedding); queries: positions of the rows wanted (None: all).
+    Returns [H, q, L], scaled by dh^-0.5; with `causal`, row p sees keys <= p.
+    """
+    rows = torch.arange(q.shape[1], device=q.device) if queries is None else queries.to(q.device)
+    logits = q[:, rows].float() @ k.float().transpose(-1, -2) * (q.shape[-1] ** -0.5)
+    if causal:
+        future = torch.arange(k.shape[1], device=q.device)[None, :] > rows[:, None]
+        logits = logits.masked_fill(future[None], float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def attention_received(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Mean attention each token receives ([B, H, n, dh] q/k of a bidirectional layer -> [B, n]).
+
+    The substitute for [CLS] attention in encoders without a [CLS] token (as VisionZip does for
+    SigLIP): the column mean of the attention map over heads and queries.
+    """
+    probs = torch.softmax(q.float() @ k.float().transpose(-1, -2) * (q.shape[-1] ** -0.5), dim=-1)
+    return probs.mean(dim=(1, 2))
+
+
+def member_mean(values: torch.Tensor, sizes: torch.Tensor, members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Size-weighted means over groups: values [n, c], sizes [n], members bool [m, n] -> ([m, c], sizes [m]).
+
+    A merged token's coordinates are the size-weighted mean of its members' (each member weighs the
+    number of original tokens it already stands for).
+    """
+    weights = members.to(values.dtype) * sizes.to(values.dtype)[None]
+    total = weights.sum(dim=1)
+    return (weights @ values) / total.clamp_min(1e-12)[:, None], total
+
+
+def frame_budgets(sizes: list[int], k: int) -> list[int]:
+    """Split k over frames of the given sizes as evenly as possible (earlier frames take the remainder),
+    never more than a frame holds and at least one per frame while k allows."""
+    budgets = [0] * len(sizes)
+    left = k
+    while left > 0:
+        open_frames = [i for i, s in enumerate(sizes) if budgets[i] < s]
+        share, extra = divmod(left, len(open_frames))
+        for rank, i in enumerate(open_frames):
+            give = min(sizes[i] - budgets[i], share + (1 if rank < extra else 0))
+            budgets[i] += give
+            left -= give
+    return budgets
+
+
+# ---------------------------------------------------------------------------------------------
+# the hook interface
+
+
+@dataclass
+class VisionState:
+    """What a backend gives a "vision" method: vision-space tokens right after the encoder.
+
+    features: [N, C] before the projector, one row per visual token the LLM would see.
+    coords: [N, 3] (t, y, x). context: the sample's context (frame ids; attention and keys of the
+    encoder layer the method reads, possibly as lazy providers).
+    """
+
+    features: torch.Tensor
+    coords: torch.Tensor
+    context: PruneContext
+
+
+@dataclass
+class LLMState:
+    """What a backend gives an "llm" method before decoder layer `layer` during prefill (batch size 1).
+
+    hidden: [L, D] input of layer `layer` (the output of layer `layer - 1`) for the current sequence.
+    visual: [n] ascending positions of the current visual tokens in `hidden`; coords: their [n, 3].
+    text: [T] positions of the instruction tokens after the visual tokens (chat-template tail included).
+    attention(queries) -> [H, q, L]: layer `layer - 1`'s causal attention probabilities for those query
+        positions, recomputed from its q/k. keys() -> [H, L, dh]: layer `layer - 1`'s keys.
+    norm: the LLM's final norm. inputs: [L0, D] the LLM's input embeddings of the unpruned sequence,
+    with inputs_visual [N0] / inputs_text [T] the visual and instruction positions in it.
+    """
+
+    layer: int
+    depth: int
+    hidden: torch.Tensor
+    visual: torch.Tensor
+    text: torch.Tensor
+    coords: torch.Tensor
+    attention: Callable[[torch.Tensor], torch.Tensor]
+    keys: Callable[[], torch.Tensor]
+    norm: Callable[[torch.Tensor], torch.Tensor]
+    inputs: torch.Tensor
+    inputs_visual: torch.Tensor
+    inputs_text: torch.Tensor
+
+
+@dataclass
+class LayerPrune:
+    """An llm method's decision at one layer.
+
+    keep: sorted indices into the current visual tokens. merged: [m, D] hidden states of new visual
+    tokens placed right after the kept ones (SparseVLM's recycled tokens), or None. groups: [n] the
+    merged token each current visual token went into (-1: none), so the backend can give the new
+    tokens size-weighted coordinates.
+    """
+
+    keep: torch.Tensor
+    merged: torch.Tensor | None = None
+    groups: torch.Tensor | None = None
+
+    @property
+    def count(self) -> int:
+        return int(self.keep.numel()) + (0 if self.merged is None else int(self.merged.shape[0]))
+
+
+class InnerHook:
+    """A vision/llm method bound to one sample's budget and context: what `PrunePlan.inner` holds."""
+
+    def __init__(self, pruner: Pruner, k: int, context: PruneContext):
+        if pruner.stage not in ("vision", "llm"):
+            raise ValueError(f"{type(pruner).__name__} acts {pruner.stage}; only vision/llm methods have hooks")
+        self.pruner, self.k, self.context = pruner, k, context
+        self.stage = pruner.stage
+
+    def layers(self, depth: int | None) -> tuple[int, ...]:
+        """The decoder layers before which an llm method acts (empty for vision methods)."""
+        if self.stage != "llm":
+            return ()
+        if not depth:
+            raise PrunerNotApplicable(f"{self.pruner.name} acts inside the LLM; this backend does not say how many layers its LLM has")
+        return tuple(self.pruner.layers(depth))  # type: ignore[attr-defined]
+
+    def __call__(self, state: VisionState | LLMState) -> Any:
+        if self.stage == "vision":
+            return self.pruner.select_and_merge(state.features, state.coords, self.k, state.context)  # type: ignore[union-attr]
+        return self.pruner.prune_layer(state, self.k, self.context)  # type: ignore[attr-defined]
+
+
+def inner_hook(pruner: Pruner, k: int, context: PruneContext, backend_stages: tuple[str, ...], backend: str) -> InnerHook:
+    """The hook for a vision/llm method, or PrunerNotApplicable when the backend has no such hook."""
+    if pruner.stage not in backend_stages:
+        where = "right after the vision encoder" if pruner.stage == "vision" else "inside the LLM"
+        raise PrunerNotApplicable(f"{pruner.name} acts {where}; backend {backend} has no {pruner.stage} hook")
+    return InnerHook(pruner, k, context)
+
+
+# ---------------------------------------------------------------------------------------------
+# base classes
+
+
+@dataclass
+class FrameResult:
+    """One frame's outcome in a vision method: local indices, the features for them (None: the
+    originals) and, for merged tokens, which local tokens each output token stands for ([k, n] bool)."""
+
+    indices: torch.Tensor
+    features: torch.Tensor | None = None
+    members: torch.Tensor | None = None
+    info: dict[str, Any] | None = None
+
+
+class VisionPruner(Pruner):
+    """A method acting on the encoder output, frame by frame (each frame is encoded on its own).
+
+    The budget k is split evenly over frames (`frame_budgets`). Subclasses write `_frame(features,
+    k, attention, keys, heads) -> FrameResult`; `needs` lists the context entries they read.
+    """
+
+    stage: ClassVar[str] = "vision"
+    needs: ClassVar[tuple[str, ...]] = ("attention",)
+
+    def _frame(self, features, k, attention, keys, heads) -> FrameResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _run(self, features: torch.Tensor, coords: torch.Tensor, k: int, context: PruneContext | None) -> Merged:
+        context = context if context is not None else PruneContext()
+        got = {name: context.need(name, self.name) for name in self.needs}
+        attention = got.get("attention")
+        keys = got.get("keys")
+        if attention is not None and attention.shape[0] != features.shape[0]:
+            raise ValueError(f"attention has {attention.shape[0]} entries for {features.shape[0]} tokens")
+        if keys is not None and keys.shape[0] != features.shape[0]:
+            raise ValueError(f"keys have {keys.shape[0]} rows for {features.shape[0]} tokens")
+        heads = int(context.extras.get("key_heads", 1))
+        frames = frame_index(coords, context)
+        groups = [torch.nonzero(frames == f).flatten() for f in torch.unique(frames)]
+        budgets = frame_budgets([int(g.numel()) for g in groups], k)
+        indices, feats, member_rows, info = [], [], [], {}
+        for idx, kf in zip(groups, budgets):
+            if kf == 0:
+                continue
+            out = self._frame(
+                features[idx], kf, None if attention is None else attention[idx].float(), None if keys is None else keys[idx], heads
+            )
+            indices.append(idx[out.indices])
+            feats.append(features[idx[out.indices]] if out.features is None else out.features.to(features.dtype))
+            members = out.members
+            if members is None:
+                members = torch.zeros(out.indices.numel(), idx.numel(), dtype=torch.bool, device=features.device)
+                members[torch.arange(out.indices.numel()), out.indices] = True
+            full = torch.zeros(members.shape[0], features.shape[0], dtype=torch.bool, device=features.device)
+            full[:, idx] = members
+            member_rows.append(full)
+            for key, value in (out.info or {}).items():
+                info[key] = info.get(key, 0) + value
+        index = torch.cat(indices)
+        order = torch.argsort(index)
+        members = torch.cat(member_rows)[order]
+        merged_coords, _ = member_mean(coords.float(), torch.ones(coords.shape[0], device=coords.device), members)
+        return Merged(index[order], torch.cat(feats)[order], merged_coords.to(coords.dtype), info)
+
+    def _select(self, features, coords, k, context):
+        return self._run(features, coords, k, context).indices
+
+    def select_and_merge(self, features, coords, k, context=None) -> Merged:
+        check_inputs(features, coords, k)
+        if k == features.shape[0]:
+            return Merged(torch.arange(k, device=features.device), features, coords)
+        merged = self._run(features, coords, k, context)
+        if merged.indices.numel() != k or torch.unique(merged.indices).numel() != k:
+            raise RuntimeError(f"{type(self).__name__} returned {merged.indices.numel()} tokens with duplicates or wrong count (k={k})")
+        return merged
+
+
+class LLMPruner(Pruner):
+    """A method acting inside the LLM: `rule(state, k, context)` picks k of the state's visual tokens.
+
+    By default the method prunes once, before decoder layer `config.layer` (K), to k tokens; multi-stage
+    methods override `layers(depth)` and `prune_layer(state, k, context)`. Used outside a model,
+    `select` applies the rule once to an `LLMState` given as `context.extras["llm_state"]` (tests,
+    analyses); without one it raises PrunerNotApplicable.
+    """
+
+    stage: ClassVar[str] = "llm"
+
+    def layers(self, depth: int) -> list[int]:
+        return [check_layer(self.name, self.config.layer, depth, "after layer K =")]
+
+    def prune_layer(self, state: LLMState, k: int, context: PruneContext | None) -> LayerPrune | None:
+        if state.layer not in self.layers(state.depth) or k >= state.visual.numel():
+            return None
+        return LayerPrune(self.rule(state, k, context))
+
+    def _select(self, features, coords, k, context):
+        context = context if context is not None else PruneContext()
+        state = context.need("llm_state", self.name)
+        if int(state.visual.numel()) != features.shape[0]:
+            raise ValueError(f"the LLM state holds {state.visual.numel()} visual tokens, features {features.shape[0]}")
+        return self.rule(state, k, context)
+
+    def rule(self, state: LLMState, k: int, context: PruneContext | None) -> torch.Tensor:  # pragma: no cover
+        """The method's selection at one layer: k sorted indices into the state's visual tokens."""
+        raise NotImplementedError
+
+
+def check_layer(name: str, layer: int, depth: int, what: str) -> int:
+    """Validate a pruning layer against the LLM depth (1 <= layer < depth)."""
+    if not 1 <= layer < depth:
+        raise PrunerNotApplicable(f"{name} prunes {what} {layer}, but this LLM has {depth} layers (needs 1 <= K < {depth})")
+    return layer
+
+
+def log_distance(a: float, b: float) -> float:
+    return abs(math.log(max(a, 1e-9) / max(b, 1e-9)))
