@@ -47,7 +47,6 @@ from evtp_cli.models.sa2va_common import (
     build_word_tokenizer,
     instruction,
     is_question,
-    sam2_pixels,
     stop_token_ids,
     to_rgb_array,
     token_id,
@@ -272,6 +271,7 @@ class Sa2VABackend(IVSModel):
         self.image_token_id = token_id(self.tokenizer, self.image_token)
         self.stop_ids = stop_token_ids(self.tokenizer)
         self._cache_kw = cache_keyword(self.language_model)
+        self.llm_layers = int(self.text_config.num_hidden_layers)
 
     # ---- family hooks ---------------------------------------------------------------------------
 
@@ -572,8 +572,7 @@ class Sa2VABackend(IVSModel):
         out = torch.zeros(len(frames), height, width, dtype=torch.bool)
         if not seg_hidden:
             return out.numpy()
-        pixels = sam2_pixels(frames, self.mask_decoder.size).to(self.device)
-        features = self.mask_decoder.encode_frames(pixels)
+        features = self.mask_decoder.encode_frames(frames, self.device)
         prompts = self.net.seg_proj(torch.stack(seg_hidden).to(self.dtype))
         for prompt in prompts:
             logits = self.mask_decoder.segment(features, prompt, state.keys)

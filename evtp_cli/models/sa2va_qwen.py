@@ -86,15 +86,16 @@ class Sa2VAQwen(Sa2VABackend):
         if preset == "tiny-random":
             text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+                        rope_theta=10000.0, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
             vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
                           spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
             sam = "tiny"
         else:
             text = dict(_TEXT[preset], max_position_embeddings=128000,
-                        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
+                        rope_theta=1000000.0, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]})
             vision = dict(_VISION, out_hidden_size=text["hidden_size"])
             sam = "hiera-l"
+        # rope given as Hub configs spell it (rope_theta + rope_scaling "mrope"): read by transformers 4.x and 5.x alike
         text.update(tie_word_embeddings=False, bos_token_id=None, eos_token_id=token_id(tokenizer, "<|im_end|>"))
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **self._special_ids(tokenizer))
         return config, sam

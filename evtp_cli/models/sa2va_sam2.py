@@ -29,6 +29,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from evtp_cli.models.sa2va_common import sam2_pixels
+
 
 def sam2_config(preset: str):
     """`tiny` (a few small layers at 128 px, for tests) or `hiera-l` (SAM 2.0 Hiera-L at 1024 px, as Sa2VA)."""
@@ -140,17 +142,21 @@ class Sa2VAMaskDecoder:
         return next(self.sam.parameters()).dtype
 
     @torch.inference_mode()
-    def encode_frames(self, pixels: torch.Tensor, chunk: int = 4) -> list[dict]:
-        """Image-encoder features of every frame [T, 3, S, S], in the layout the session cache holds."""
+    def encode_frames(self, frames, device, chunk: int = 4) -> list[dict]:
+        """Image-encoder features of every frame (uint8 [H, W, 3] arrays), in the layout the session cache holds.
+
+        Frames are resized and normalised a chunk at a time. Only the last level's positional encoding is
+        kept: memory attention reads no other (the high-resolution levels only feed the mask decoder).
+        """
         out = []
-        for start in range(0, pixels.shape[0], chunk):
-            batch = pixels[start : start + chunk].to(dtype=self.dtype)
+        for start in range(0, len(frames), chunk):
+            batch = sam2_pixels(frames[start : start + chunk], self.size).to(device=device, dtype=self.dtype)
             enc = self.sam.get_image_features(batch, return_dict=True)
             for i in range(batch.shape[0]):
                 out.append(
                     {
                         "vision_feats": [f[:, i : i + 1] for f in enc.fpn_hidden_states],
-                        "vision_pos_embeds": [p[:, i : i + 1] for p in enc.fpn_position_encoding],
+                        "vision_pos_embeds": [enc.fpn_position_encoding[-1][:, i : i + 1]],
                     }
                 )
         return out
