@@ -23,7 +23,6 @@ Nothing here holds a model. Followed (read, not copied):
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -280,7 +279,3 @@ class SegProjection(nn.Sequential):
 
     def __init__(self, llm_dim: int, sam_dim: int):
         super().__init__(nn.Linear(llm_dim, llm_dim), nn.ReLU(inplace=True), nn.Linear(llm_dim, sam_dim), nn.Dropout(0.0))
-
-
-def split_words(text: str) -> list[str]:
-    return re.findall(r"\w+|[^\w\s]", text.lower())
