@@ -129,16 +129,17 @@ class TinyIVS(IVSModel):
         keys with the heads side by side ([N, C], `key_heads` heads).
         """
         block = self.net.vision.blocks[-1]
+        qk: list = []  # the block's q/k, computed once when first asked for
 
         @torch.inference_mode()
         def attention() -> torch.Tensor:
-            q, k = block.qk(last_input)
-            return attention_received(q, k).flatten()
+            qk[:] = qk or block.qk(last_input)
+            return attention_received(*qk).flatten()
 
         @torch.inference_mode()
         def keys() -> torch.Tensor:
-            _, k = block.qk(last_input)
-            return k.transpose(1, 2).flatten(2).flatten(0, 1)
+            qk[:] = qk or block.qk(last_input)
+            return qk[1].transpose(1, 2).flatten(2).flatten(0, 1)
 
         extras = {"attention_kind": "mean-received", "key_heads": block.heads}
         return PruneContext(frame_ids=frame_ids, extras=extras, providers={"attention": attention, "keys": keys})
