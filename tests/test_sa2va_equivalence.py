@@ -29,7 +29,8 @@ _MODELS: dict[str, object] = {}
 
 def model(spec: str):
     if spec not in _MODELS:
-        _MODELS[spec] = load_model(spec)
+        with torch.inference_mode(False):  # normal parameters, even when first asked for inside inference mode
+            _MODELS[spec] = load_model(spec)
     return _MODELS[spec]
 
 
@@ -57,7 +58,7 @@ def free_running():
 
     yield apply
     for m, weight, budget in saved:
-        with torch.no_grad():
+        with torch.inference_mode():
             m.net.vlm.lm_head.weight.copy_(weight)
         m.config.max_new_tokens = budget
 
