@@ -92,10 +92,10 @@ def methods(features: torch.Tensor, coords: torch.Tensor, k: int, with_torch_loo
     out.append(("evtp:mode=global", lambda: glob.select(features, coords, k), False))
     if with_torch_loop:  # the same selection without the Triton kernel
         for mode in ("per-frame", "global"):
-            out.append((f"evtp_select(mode={mode}, backend=torch)", lambda m=mode: evtp_select(features, coords, k, frame_ids, mode=m, backend="torch"), False))
+            out.append((f"evtp {mode}, torch loop", lambda m=mode: evtp_select(features, coords, k, frame_ids, mode=m, backend="torch"), False))
     for mode in ("per-frame", "global"):
-        out.append((f"evtp_select_reference(mode={mode})", lambda m=mode: evtp_select_reference(features, coords, k, frame_ids, mode=m), True))
-    out.append(("divprune_reference (DivPrune rule)", lambda: divprune_reference(features, k), True))
+        out.append((f"evtp reference, {mode}", lambda m=mode: evtp_select_reference(features, coords, k, frame_ids, mode=m), True))
+    out.append(("DivPrune rule (reference)", lambda: divprune_reference(features, k), True))
     return out
 
 
@@ -131,6 +131,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine while it ran
         "torch": torch.__version__,
         "ratio": args.ratio,
         "timing": "CUDA events after warm-up" if device.type == "cuda" else "time.perf_counter",
@@ -144,7 +145,7 @@ def speedups(rows: list[Row]) -> list[dict]:
     out = []
     for size, d in sorted({(r.size, r.d) for r in rows}, key=lambda s: (s[1], s[0])):
         at = {r.method: r.median_ms for r in rows if r.size == size and r.d == d and r.median_ms}
-        rule = at.get("divprune_reference (DivPrune rule)")
+        rule = at.get("DivPrune rule (reference)")
         for method in ("evtp:mode=global", "evtp"):
             if rule and at.get(method):
                 out.append({"size": size, "d": d, "method": method, "vs": "DivPrune rule", "speedup": rule / at[method]})
@@ -155,14 +156,20 @@ def render(rows: list[Row], meta: dict, gains: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"selection time, median ms ({meta['device']}, {meta['torch_threads']} torch threads, {meta['timing']})")
-    for col in ("size", "d", "k", "method", "median ms", "runs", "note"):
-        table.add_column(col, justify="right" if col in ("d", "k", "median ms", "runs") else "left")
+    console = Console(width=None if Console().is_terminal else 120)
+    table = Table(
+        title=f"selection time, median ms ({meta['device']}, {meta['cpu_count']} CPUs, {meta['torch_threads']} torch threads, "
+        f"load average {meta['load_average_1min']}, {meta['timing']})"
+    )
+    for col in ("size", "d", "k", "method", "median ms", "runs"):
+        table.add_column(col, justify="left" if col in ("size", "method") else "right", no_wrap=True)
     for r in rows:
-        ms = "-" if r.median_ms is None else f"{r.median_ms:.2f}"
-        table.add_row(r.size, str(r.d), str(r.k), r.method, ms, str(r.repeats), r.note)
-    console = Console()
+        if r.median_ms is not None:
+            table.add_row(r.size, str(r.d), str(r.k), r.method, f"{r.median_ms:.2f}", str(r.repeats))
     console.print(table)
+    notes = {r.method: r.note for r in rows if r.note}
+    for method, note in notes.items():
+        console.print(f"{method}: {note}", markup=False)
     for g in gains:
         console.print(f"{g['size']}, d={g['d']}: {g['method']} is {g['speedup']:.1f}x faster than the {g['vs']}")
 

@@ -190,19 +190,21 @@ def test_evtp_per_frame_matches_formula(lam, beta, seed):
 
 
 @pytest.mark.parametrize("n,d,with_time", [(42, 16, False), (300, 33, True), (1100, 24, True)])
-def test_distance_rows_have_the_bits_of_the_full_matrix(n, d, with_time):
+@pytest.mark.parametrize("array", ["numpy", "torch"])
+def test_distance_rows_have_the_bits_of_the_full_matrix(n, d, with_time, array):
+    """numpy is what CPU selection uses; torch is what it uses on CUDA."""
     g = torch.Generator().manual_seed(n)
     feats, coords = torch.randn(n, d, generator=g), torch.rand(n, 3, generator=g)
     unit = torch.nn.functional.normalize(feats, dim=-1)[None]
+    conv = (lambda t: t.numpy()) if array == "numpy" else (lambda t: t)
     for lam in (0.0, 0.37, 1.0):
-        cols, half, scale = positions(coords, lam, 1.7, with_time)
-        cols = [c[None] for c in cols]
-        full = mix_distance(cosine_gram(unit), [c[..., None] for c in cols], [c[:, None] for c in cols], half, scale)
-        gram = cosine_gram(unit)[0]
-        rows = torch.randint(0, n, (25,), generator=g)
-        for i in rows.tolist():
-            one = mix_distance(gram[i][None].clone(), [c[:, i : i + 1] for c in cols], cols, half, scale)
-            assert torch.equal(one[0], full[0, i])
+        points, half, scale = positions(coords, lam, 1.7, with_time)
+        pts = conv(points[:, None])  # [P, 1, n]
+        full = mix_distance(conv(cosine_gram(unit)), pts[..., :, None], pts[..., None, :], half, scale)
+        gram = cosine_gram(unit)
+        for i in torch.randint(0, n, (25,), generator=g).tolist():
+            one = mix_distance(conv(gram[:, i].clone()), pts[:, :, i, None], pts, half, scale)
+            assert (one[0] == full[0, i]).all()
 
 
 def test_symmetric_gram_matches_plain_product_values():
@@ -263,7 +265,7 @@ def test_bench_select_runs_and_reports_json(capsys):
     assert bench.main(["--json", "--image-tokens", "36", "--frames", "2", "--frame-tokens", "16", "--dims", "8", "--repeats", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     methods = {r["method"] for r in out["rows"]}
-    assert {"evtp", "evtp:mode=global", "divprune_reference (DivPrune rule)"} <= methods
+    assert {"evtp", "evtp:mode=global", "DivPrune rule (reference)"} <= methods
     assert all(r["median_ms"] is not None or r["note"] for r in out["rows"])
     assert {s["method"] for s in out["speedups"]} == {"evtp", "evtp:mode=global"}
 

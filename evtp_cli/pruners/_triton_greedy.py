@@ -9,6 +9,8 @@ Without Triton or CUDA, `greedy.greedy_over_matrix` runs the torch loop instead.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs do not have it
@@ -21,10 +23,21 @@ except ImportError:  # pragma: no cover - depends on the install
 MAX_POINTS = 16384
 
 
+_failed: str | None = None  # set when the kernel failed once; "auto" then keeps to the torch loop
+
+
+def disable(err: Exception) -> None:
+    """Stop using the kernel in "auto" mode for this process, with one warning that says why."""
+    global _failed
+    _failed = f"{type(err).__name__}: {err}"
+    warnings.warn(f"Triton greedy kernel failed ({_failed[:200]}); using the torch loop", RuntimeWarning, stacklevel=3)
+
+
 def usable(scores: torch.Tensor) -> bool:
     """Whether `greedy` can run on these score matrices [B, n, n]."""
     return (
         triton is not None
+        and _failed is None
         and scores.is_cuda
         and scores.dtype == torch.float32
         and scores.dim() == 3

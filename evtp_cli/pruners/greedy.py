@@ -88,8 +88,13 @@ def greedy_over_matrix(scores: torch.Tensor, first: torch.Tensor, steps: int, ba
     """
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend must be auto, torch or triton, got {backend!r}")
-    if backend == "triton" or (backend == "auto" and _triton_greedy.usable(scores)):
+    if backend == "triton":
         return _triton_greedy.greedy(scores, first, steps)
+    if backend == "auto" and _triton_greedy.usable(scores):
+        try:
+            return _triton_greedy.greedy(scores, first, steps)
+        except Exception as err:  # noqa: BLE001 - a Triton build that cannot compile the kernel: use torch
+            _triton_greedy.disable(err)
     batch, n = scores.shape[0], scores.shape[-1]
     if scores.device.type == "cpu":
         flat_np, offset_np = scores.reshape(-1, n).numpy(), np.arange(batch) * n
