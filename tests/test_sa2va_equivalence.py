@@ -204,6 +204,8 @@ def test_hook_keeps_original_positions_or_renumbers():
     assert out.attention_mask.shape == (1, 7) and out.full_length == 10
     renumbered = prune_prefill(embeds, mrope, visual, next_position=42, keep=keep, positions="renumber")
     assert renumbered.position_ids.tolist() == [[list(range(7))]] * 3 and renumbered.next_position == 7
+    reference = prune_prefill(embeds, mrope, visual, next_position=42, positions="renumber")  # no plan: own ids
+    assert torch.equal(reference.position_ids, mrope) and reference.next_position == 42
     merged = prune_prefill(embeds, torch.arange(10)[None], visual, 10, keep=keep, features=torch.full((2, 3), -1.0))
     assert merged.inputs_embeds[0, :, 0].tolist() == [0, 1, -1, -1, 7, 8, 9]
     assert prune_prefill(embeds, torch.arange(10)[None], visual, 10).length == 10

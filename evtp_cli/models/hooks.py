@@ -13,6 +13,8 @@ keep plan over its visual tokens, and returns the shorter sequence the LLM runs 
 - `next_position`: the id of the first generated token. With original ids it is the one the unpruned
   sequence would give it (`L` for 1-D; `L + rope_deltas` for M-RoPE, rope_deltas taken from the unpruned
   sequence), so decoding continues where the full prompt would have; with renumbering it is `L'`.
+  Renumbering applies to pruned prefills only: with no keep plan (the unpruned reference) the model's
+  own ids are used, so the reference rows are the unmodified model in both modes.
   Decoding then feeds step `j` at `next_position + j` while the KV cache and the attention mask hold
   only the `L' + j` positions actually computed.
 
@@ -104,7 +106,7 @@ def prune_prefill(
     index = kept_sequence_index(length, visual_index, keep)
     embeds = inputs_embeds[:, index]
     kept = int(index.numel())
-    if positions == "original":
+    if positions == "original" or keep is None:  # the unpruned prompt always keeps the model's own ids
         pos = position_ids[..., index]
         next_pos = int(next_position)
     else:
