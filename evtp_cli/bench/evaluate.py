@@ -118,6 +118,27 @@ def score_sample(sample: Sample, masks: np.ndarray, iou: IoUAccumulator, jf: JFA
 
 
 @dataclass
+class FailureBudget:
+    """Failed samples of a run, by dataset; `exceeded` once more than `limit` failed (None: no limit)."""
+
+    limit: int | None = None
+    failed: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, dataset: str, sample_id: str) -> None:
+        ids = self.failed.setdefault(dataset, [])
+        if sample_id not in ids:
+            ids.append(sample_id)
+
+    @property
+    def count(self) -> int:
+        return sum(len(ids) for ids in self.failed.values())
+
+    @property
+    def exceeded(self) -> bool:
+        return self.limit is not None and self.count > self.limit
+
+
+@dataclass
 class _Accumulators:
     setting: Setting
     pruner: Any | None
@@ -145,6 +166,10 @@ def evaluate_dataset(
     warmup: int = 1,
     prediction_writer: Callable[[Setting], Any] | None = None,
     score: bool = True,
+    indices: Iterable[int] | None = None,
+    done: dict[tuple, dict[str, Any]] | None = None,
+    replay_only: bool = False,
+    failures: "FailureBudget | None" = None,
 ) -> list[dict[str, Any]]:
     """Evaluate several settings of one model on one dataset; returns one row per setting.
 
@@ -153,6 +178,14 @@ def evaluate_dataset(
     speed-ups compare like with like. The first `warmup` samples are run once untimed first.
     With `prediction_writer`, each setting's masks are also written in the challenge layout (a
     `SubmissionWriter` per setting) and zipped; with `score=False` nothing is scored (predict-only).
+
+    Resume and sharding: `indices` limits the loop to some sample indices (a rank's share under
+    torchrun); `done` maps `record_key(setting, index)` to a finished record of samples.jsonl, which is
+    replayed into the accumulators instead of being evaluated again (a sample whose settings are all
+    done is not even loaded); `replay_only` skips what is not done (rank 0 merging the shards). Replayed
+    and evaluated samples feed the accumulators with the same numbers in the same (dataset) order, so
+    the rows are the same as those of one uninterrupted process. `failures` counts failed samples; the
+    loop stops after the sample that exceeds its limit.
     """
     n = len(dataset) if limit is None else min(limit, len(dataset))
     accs = [_Accumulators(setting, pruner) for setting, pruner in settings]
@@ -162,30 +195,58 @@ def evaluate_dataset(
     if prediction_writer is not None:
         for acc in accs:
             acc.writer = prediction_writer(acc.setting)
-    for index in range(n):
-        sample_id = f"#{index}"
-        try:
-            sample = dataset[index]
-            sample_id = sample.id
-        except EvtpError:
-            raise
-        except Exception as exc:  # an unreadable sample fails under every setting
-            sample, load_error = None, f"{type(exc).__name__}: {exc}"
+    done = done or {}
+    order = range(n) if indices is None else sorted(i for i in set(indices) if 0 <= i < n)
+    evaluated = 0  # samples run live in this call (the first `warmup` of them are warmed up)
+    for index in order:
+        records = {id(acc): done.get(record_key(acc.setting, index)) for acc in accs}
+        pending = [acc for acc in accs if acc.not_applicable is None and records[id(acc)] is None]
+        if replay_only and pending:
+            continue
+        known = next((r["id"] for r in records.values() if r is not None), None)
+        sample_id, sample, load_error = known or f"#{index}", None, None
+        if pending:
+            try:
+                sample = dataset[index]
+                sample_id = sample.id
+            except EvtpError:
+                raise
+            except Exception as exc:  # an unreadable sample fails under every setting
+                load_error = f"{type(exc).__name__}: {exc}"
+            if known is not None and sample is not None and known != sample.id:
+                raise EvtpError(
+                    f"sample {index} of {dataset_label(accs)} is {sample.id!r} but samples.jsonl recorded {known!r}: "
+                    "the dataset changed since the run started; use --overwrite (or another --output) to start again"
+                )
+        sample_failed = False
         for acc in accs:
             if acc.not_applicable is not None:
                 continue
-            if sample is None:
+            record = records[id(acc)]
+            if record is not None:
+                outcome = _replay(acc, record)
+            elif sample is None:
                 outcome = SampleOutcome(sample_id, False, reason=load_error)
             else:
-                outcome = _evaluate_one(model, sample, acc, seed, warm=index < warmup, score=score)
-                if outcome is None:  # the pruner cannot run on this backend
-                    continue
+                outcome = _evaluate_one(model, sample, acc, seed, warm=evaluated < warmup, score=score)
+                if outcome is None and log is not None:  # the pruner cannot run on this backend: remembered
+                    log.write(_not_applicable_record(acc.setting, index, sample_id, acc.not_applicable))
+            if outcome is None:
+                continue
             if not outcome.ok:
                 acc.failed.append(sample_id)
-            if log is not None:
-                log.write(_record(acc.setting, dataset, outcome))
+                sample_failed = True
+            if record is None and log is not None:
+                log.write(_record(acc.setting, dataset, outcome, index))
             if on_sample is not None:
                 on_sample(outcome)
+        if sample is not None:
+            evaluated += 1
+        if failures is not None:
+            if sample_failed:
+                failures.add(dataset_label(accs), sample_id)
+            if failures.exceeded:
+                break
     rows = []
     for acc in accs:
         row = _row(acc.setting, dataset, acc.iou, acc.jf, acc.timings, acc.tokens_total, acc.tokens_kept, acc.failed, acc.tokens_equiv)
@@ -212,6 +273,8 @@ def _evaluate_one(model: IVSModel, sample: Sample, acc: _Accumulators, seed: int
         metrics = score_sample(sample, prediction.masks, acc.iou, acc.jf) if score else {}
         if acc.extra is not None and sample.masks is not None:
             metrics.update(acc.extra.update(sample, prediction.masks))
+        if metrics:
+            metrics.update(_replay_fields(sample))
         if acc.writer is not None:
             meta = sample.meta or {}
             names = meta.get("frame_names") or [f"{i:05d}" for i in range(len(prediction.masks))]
@@ -231,12 +294,13 @@ def _evaluate_one(model: IVSModel, sample: Sample, acc: _Accumulators, seed: int
     return SampleOutcome(sample.id, True, metrics, ms, total, kept, tokens_equiv=equiv)
 
 
-def _record(setting: Setting, dataset: Dataset, outcome: SampleOutcome) -> dict[str, Any]:
+def _record(setting: Setting, dataset: Dataset, outcome: SampleOutcome, index: int | None = None) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "model": setting.model,
         "dataset": setting.dataset,
         "pruner": setting.pruner,
         "ratio": setting.ratio,
+        "index": index,
         "id": outcome.id,
         "status": "ok" if outcome.ok else "failed",
     }
@@ -249,6 +313,79 @@ def _record(setting: Setting, dataset: Dataset, outcome: SampleOutcome) -> dict[
     else:
         rec["reason"] = outcome.reason
     return rec
+
+
+def _not_applicable_record(setting: Setting, index: int, sample_id: str, reason: str | None) -> dict[str, Any]:
+    return {
+        "model": setting.model, "dataset": setting.dataset, "pruner": setting.pruner, "ratio": setting.ratio,
+        "index": index, "id": sample_id, "status": "not_applicable", "reason": reason,
+    }
+
+
+def record_key(setting: Setting | dict[str, Any], index: int) -> tuple:
+    """The identity of one finished sample of one setting: (model, dataset, pruner, ratio, sample index)."""
+    if isinstance(setting, dict):
+        setting = Setting(setting["model"], setting["dataset"], setting["pruner"], float(setting["ratio"]))
+    return (*setting.key, int(index))
+
+
+def dataset_label(accs: list[_Accumulators]) -> str:
+    return accs[0].setting.dataset if accs else ""
+
+
+def _replay_fields(sample: Sample) -> dict[str, Any]:
+    """What a record needs beyond its metrics to be replayed exactly (frame count, ReVOS subset)."""
+    fields: dict[str, Any] = {}
+    if sample.task == "video" and sample.masks is not None:
+        fields["frames"] = int(len(sample.masks))
+    subset = (sample.meta or {}).get("subset")
+    if subset is not None:
+        fields["subset"] = subset
+    return fields
+
+
+def _replay(acc: _Accumulators, rec: dict[str, Any]) -> SampleOutcome | None:
+    """Feed a finished record into the accumulators exactly as evaluating its sample did."""
+    status = rec.get("status")
+    if status == "not_applicable":
+        acc.not_applicable = rec.get("reason") or "not applicable"
+        return None
+    if status != "ok":
+        return SampleOutcome(rec["id"], False, reason=rec.get("reason"))
+    metrics = {k: rec[k] for k in ("iou", "inter", "union", "J", "F", "JF", "A", "R") if rec.get(k) is not None}
+    if "iou" in metrics:  # IoUAccumulator.update, from the recorded numbers
+        acc.iou.sum_iou += metrics["iou"]
+        acc.iou.n += 1
+        acc.iou.sum_inter += metrics["inter"]
+        acc.iou.sum_union += metrics["union"]
+    elif "J" in metrics:  # one expression per sample: its J and F are sum/frames, as compute() divides
+        acc.jf.per_expr[("replayed", rec["id"])] = [metrics["J"], metrics["F"], 1]
+    if acc.extra is not None and metrics:
+        _replay_extra(acc.extra, rec)
+    ms = {k[3:]: float(v) for k, v in rec.items() if k.startswith("ms_") and v is not None}
+    acc.timings.append(ms)
+    acc.tokens_total.append(rec.get("tokens_total"))
+    acc.tokens_kept.append(rec.get("tokens_kept"))
+    equiv = rec.get("tokens_equiv", rec.get("tokens_kept"))
+    acc.tokens_equiv.append(equiv)
+    return SampleOutcome(rec["id"], True, metrics, ms, rec.get("tokens_total"), rec.get("tokens_kept"), tokens_equiv=equiv)
+
+
+def _replay_extra(extra: Any, rec: dict[str, Any]) -> None:
+    """A dataset scorer's state from a record: `extra.replay(rec)` if it has one; ReVOS's A/R scorer here."""
+    if hasattr(extra, "replay"):
+        extra.replay(rec)
+        return
+    from evtp_cli.metrics.revos import ReVOSScorer
+
+    if not isinstance(extra, ReVOSScorer) or "subset" not in rec or "frames" not in rec:
+        raise EvtpError(
+            f"cannot reuse the finished samples of this dataset ({type(extra).__name__} keeps state samples.jsonl "
+            "does not record); run without --resume, or with --overwrite"
+        )
+    n, key = int(rec["frames"]), ("replayed", rec["id"])
+    extra.acc.jf[rec["subset"]].per_expr[key] = [rec["J"], rec["F"], 1]
+    extra.acc.ar[(rec["subset"], key)] = [rec["A"] * n, rec["R"] * n, n]
 
 
 def _median(values: Iterable[float]) -> float | None:
@@ -297,4 +434,7 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
         r["speedup_prefill"] = ref_prefill / r["ms_prefill"] if ref_prefill and r.get("ms_prefill") else None
 
 
-__all__ = ["LATENCY_COLUMNS", "REFERENCE", "Setting", "add_speedups", "evaluate_dataset", "run_sample", "sample_seed"]
+__all__ = [
+    "LATENCY_COLUMNS", "REFERENCE", "FailureBudget", "Setting", "add_speedups", "evaluate_dataset", "record_key",
+    "run_sample", "sample_seed",
+]

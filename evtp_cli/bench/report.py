@@ -74,14 +74,170 @@ def plot_accuracy_vs_ratio(rows: list[dict[str, Any]], out_dir: str | Path) -> l
         for pruner, prow in group[group["pruner"] != REFERENCE].groupby("pruner", sort=False):
             prow = prow.sort_values("ratio")
             ax.plot(prow["ratio"], prow[metric], marker="o", lw=2 if pruner.startswith("evtp") else 1.2, label=pruner)
-        ax.set_xlabel("keep ratio (fraction of visual tokens)")
-        ax.set_ylabel(METRIC_LABEL[metric])
-        ax.set_title(f"{dataset}\n{model}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = Path(out_dir) / f"accuracy_vs_ratio_{slug(dataset)}_{slug(model)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        _label(ax, "keep ratio (fraction of visual tokens)", METRIC_LABEL[metric], f"{dataset}\n{model}")
+        paths.append(save_figure(fig, Path(out_dir) / f"accuracy_vs_ratio_{slug(dataset)}_{slug(model)}.png"))
     return paths
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write as PNG and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (latency, accuracy) points no other point beats on both (faster or equal and more
+    accurate, or strictly faster and as accurate), in order of latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_accuracy_vs_latency(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """One PNG per model × dataset: primary accuracy against ms_total per sample, one line per pruner
+    (its keep ratios, labelled), the no-pruning reference, and the Pareto front over all of them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = _frame(rows)
+    paths = []
+    if df.empty:
+        return paths
+    for (model, dataset), group in df.groupby(["model", "dataset"], sort=False):
+        metric = PRIMARY_METRIC.get(group["task"].iloc[0], "giou")
+        group = group[group[metric].notna() & group["ms_total"].notna()]
+        if group.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ref = group[group["pruner"] == REFERENCE]
+        if not ref.empty:
+            ax.scatter(ref["ms_total"], ref[metric], marker="*", s=120, color="grey", zorder=3, label="no pruning")
+        for pruner, prow in group[group["pruner"] != REFERENCE].groupby("pruner", sort=False):
+            prow = prow.sort_values("ms_total")
+            ax.plot(prow["ms_total"], prow[metric], marker="o", lw=2 if pruner.startswith("evtp") else 1.2, label=pruner)
+            for _, r in prow.iterrows():
+                ax.annotate(f"{r['ratio']:g}", (r["ms_total"], r[metric]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        points = list(zip(group["ms_total"].astype(float), group[metric].astype(float)))
+        front = [points[i] for i in pareto_front(points)]
+        if front:
+            xs, ys = zip(*front)
+            ax.step(xs, ys, where="post", color="black", ls=":", lw=1, label="Pareto front")
+        _label(ax, "latency (ms per sample, median)", METRIC_LABEL[metric], f"{dataset}\n{model} · labels: keep ratio")
+        paths.append(save_figure(fig, Path(out_dir) / f"accuracy_vs_latency_{slug(dataset)}_{slug(model)}.png"))
+    return paths
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def detail_markdown(rows: list[dict[str, Any]]) -> str:
+    """Every row with its accuracy, tokens and latency, one table per model × dataset."""
+    parts = []
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["dataset"]), []).append(r)
+    for (model, dataset), group in groups.items():
+        video = group[0].get("task") == "video"
+        metrics = ["J", "F", "JF"] + [m for m in ("A", "R") if any(r.get(m) is not None for r in group)] if video else ["giou", "ciou"]
+        head = ["pruner", "ratio", "n", "failed", "tokens kept", *[METRIC_LABEL.get(m, m) for m in metrics], "ms/sample", "speed-up"]
+        parts.append(f"#### {dataset} · {model}\n")
+        parts.append("| " + " | ".join(head) + " |")
+        parts.append("|" + "---|" * len(head))
+        for r in group:
+            kept = r.get("tokens_kept")
+            tokens = "–" if kept is None else f"{kept:.0f}/{r.get('tokens_total') or 0:.0f}"
+            note = " (n/a)" if r.get("not_applicable") else ""
+            speed = r.get("speedup")
+            cells = [f"{r['pruner']}{note}", f"{r['ratio']:g}", _cell(r.get("n_samples")), _cell(r.get("n_failed") or 0), tokens,
+                     *[_cell(r.get(m)) for m in metrics], _cell(r.get("ms_total"), 1), "–" if speed is None else f"{speed:.2f}×"]
+            parts.append("| " + " | ".join(cells) + " |")
+        parts.append("")
+    return "\n".join(parts) + "\n"
+
+
+def _joined(value: Any) -> str:
+    return ", ".join(f"`{v}`" if isinstance(v, str) else f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, list) else f"`{value}`"
+
+
+def write_report(results_dir: str | Path) -> Path:
+    """RESULTS_DIR/report.md: provenance, the tables, the plots (regenerated next to it) and the failures,
+    with relative image links so that the folder can be pasted or attached as it is."""
+    from evtp_cli.bench.results import SAMPLES_JSONL, SampleLog, read_results
+
+    out = Path(results_dir)
+    data = read_results(out)
+    if out.is_file():
+        out = out.parent
+    rows, meta = data["rows"], data.get("meta", {})
+    ratio_plots = plot_accuracy_vs_ratio(rows, out)
+    latency_plots = plot_accuracy_vs_latency(rows, out)
+    lines = ["# evtp results", ""]
+    models = meta.get("models") or {}
+    config = meta.get("config") or {}
+    info = [
+        ("command", f"`{meta.get('command')}`" if meta.get("command") else None),
+        ("configuration", "; ".join(f"{k} {_joined(v)}" for k, v in config.items() if v not in (None, False, [])) or None),
+        ("models", "; ".join(f"{name} ({', '.join(f'{k}={v}' for k, v in m.items() if k != 'name')})" for name, m in models.items()) or None),
+        ("evtp", " ".join(x for x in (meta.get("evtp_version"), f"@ {meta['git_commit'][:10]}" if meta.get("git_commit") else None) if x)),
+        ("torch", meta.get("torch_version")),
+        ("device", " · ".join(str(x) for x in (meta.get("device"), meta.get("device_name")) if x) or None),
+        ("processes", meta.get("world_size")),
+        ("seed", meta.get("seed")),
+        ("time", f"{meta.get('start_time')} → {meta.get('end_time')}" if meta.get("start_time") else None),
+    ]
+    lines += [f"- **{k}**: {v}" for k, v in info if v not in (None, "")]
+    if meta.get("stopped_early"):
+        lines.append("- **stopped early** (--max-failures): the rows cover only the samples that finished")
+    lines += ["", "## Accuracy by keep ratio", "", table_markdown(rows), "## All rows", "", detail_markdown(rows)]
+    if ratio_plots or latency_plots:
+        lines += ["## Plots", ""]
+        for a, b in zip(ratio_plots, latency_plots):
+            lines += [f"![accuracy vs keep ratio]({a.name}) ![accuracy vs latency]({b.name})", ""]
+        for p in ratio_plots[len(latency_plots):] + latency_plots[len(ratio_plots):]:
+            lines += [f"![plot]({p.name})", ""]
+    coverage_md = out / "coverage.md"
+    if coverage_md.is_file():
+        lines += ["## Coverage and accuracy", "", coverage_md.read_text().strip(), ""]
+        lines += [f"![coverage]({p.name})" for p in sorted(out.glob("coverage_*.png"))] + [""]
+    failed = {k: v for k, v in (meta.get("failed_samples") or {}).items() if v}
+    if failed:
+        reasons: dict[str, str] = {}
+        for rec in SampleLog.read(out / SAMPLES_JSONL):
+            if rec.get("status") == "failed":
+                reasons.setdefault(str(rec.get("id")), str(rec.get("reason")))
+        lines += ["## Failed samples", "", "Left out of every metric (their records are in samples.jsonl).", ""]
+        lines += ["| dataset | sample | reason |", "|---|---|---|"]
+        for dataset, ids in failed.items():
+            for sample_id in ids:
+                reason = reasons.get(sample_id, "").replace("|", "\\|")
+                lines.append(f"| {dataset} | {sample_id} | {reason} |")
+        lines.append("")
+    na = meta.get("not_applicable") or {}
+    if na:
+        lines += ["## Not applicable", ""] + [f"- {k}: {v}" for k, v in na.items()] + [""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path

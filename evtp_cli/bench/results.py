@@ -83,11 +83,11 @@ def run_meta(seed: int, device: str, extra: dict[str, Any] | None = None) -> dic
     """Provenance for results.json: versions, commit, device, seed, command line, start time."""
     import torch
 
-    try:
-        import transformers
+    import importlib.metadata
 
-        tf_version = transformers.__version__
-    except ImportError:  # pragma: no cover - transformers is a dependency
+    try:  # the installed version, without importing transformers (seconds per process)
+        tf_version = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - transformers is a dependency
         tf_version = None
     device_name = platform.processor() or platform.machine()
     if str(device).startswith("cuda") and torch.cuda.is_available():
@@ -115,7 +115,7 @@ def prepare_output(path: str | Path) -> Path:
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".evtp-write-test"
+        probe = out / f".evtp-write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
         probe.write_text("")
         probe.unlink()
     except OSError as exc:

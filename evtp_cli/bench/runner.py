@@ -1,8 +1,10 @@
 """Runs of settings: models × datasets × pruners × ratios, plus one no-pruning reference per model × dataset.
 
-Every spec is parsed and validated before anything heavy loads, so a typo fails in a second, not after
-the first model has loaded. Results are rewritten after every setting, so a run that dies keeps what it
-finished; samples.jsonl holds every sample.
+Every spec is parsed and validated before anything heavy loads, and every dataset is opened before the
+first model loads, so a typo or a missing dataset root fails in seconds, not after a 7B model has loaded.
+Results are rewritten after every dataset, so a run that dies keeps what it finished; samples.jsonl holds
+every sample, and `--resume` reuses it (see resume.py). Under torchrun the samples are split by rank and
+rank 0 merges them (see distributed.py).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from evtp_cli.bench.evaluate import REFERENCE, Setting, add_speedups, evaluate_dataset
+from evtp_cli.bench.evaluate import REFERENCE, FailureBudget, Setting, add_speedups, evaluate_dataset
 from evtp_cli.bench.results import SAMPLES_JSONL, SampleLog, prepare_output, run_meta, write_results
-from evtp_cli.errors import EvtpError
+from evtp_cli.errors import DataError, EvtpError
 from evtp_cli.spec import parse_spec
 
 
@@ -31,6 +33,27 @@ class RunConfig:
     frames: str | None = None  # key-frame policy override for video models (first-K / uniform-K)
     predict_only: bool = False  # write challenge-layout prediction zips instead of scoring
     extra_meta: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False  # reuse the finished samples of the same configuration in `output`
+    overwrite: bool = False  # replace whatever run `output` holds
+    max_failures: int | None = None  # stop (TooManyFailures) once more samples than this failed
+
+
+class TooManyFailures(EvtpError):
+    """More samples failed than --max-failures allows; the results of what finished are written."""
+
+    exit_code = 3
+
+
+@dataclass
+class RunOutcome:
+    rows: list[dict[str, Any]]  # empty on ranks other than 0
+    meta: dict[str, Any]
+    output: Path
+    failed: dict[str, list[str]]  # dataset -> failed sample ids
+    reasons: dict[str, str]  # failed sample id -> first recorded reason
+    stopped: bool = False  # ended early by --max-failures
+    main: bool = True  # rank 0 (or a single process): prints and owns the results
+    reused: int = 0  # finished records reused from an earlier run
 
 
 def canonical(spec: str) -> str:
@@ -74,6 +97,10 @@ def validate(config: RunConfig) -> None:
     parse_ratios(config.ratios)
     if config.limit is not None and config.limit < 1:
         raise EvtpError(f"--limit must be >= 1, got {config.limit}")
+    if config.max_failures is not None and config.max_failures < 0:
+        raise EvtpError(f"--max-failures must be >= 0, got {config.max_failures}")
+    if config.resume and config.overwrite:
+        raise EvtpError("--resume and --overwrite exclude each other: resume keeps finished samples, overwrite deletes them")
 
 
 def _model_overrides(spec: str, device: str, frames: str | None) -> dict[str, Any]:
@@ -102,27 +129,117 @@ def _prediction_writer(out: Path, dataset: Any) -> Callable[[Setting], Any]:
     return make
 
 
-def run(config: RunConfig, progress: Callable[[str, int], Any] | None = None, advance: Callable[[], None] | None = None) -> list[dict[str, Any]]:
-    """Evaluate all settings; returns the rows (also written to config.output)."""
+def open_dataset(spec: str) -> Any:
+    """load_dataset, with a reader's multi-line message (path + expected layout) folded into one line."""
     from evtp_cli.data import load_dataset
+
+    try:
+        return load_dataset(spec)
+    except DataError as exc:
+        raise DataError(one_line(str(exc))) from None
+
+
+def one_line(message: str) -> str:
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def run(config: RunConfig, progress: Callable[[str, int], Any] | None = None, advance: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """Evaluate all settings; returns the rows (also written to config.output). See `execute`."""
+    outcome = execute(config, progress, advance)
+    if outcome.stopped:
+        raise TooManyFailures(too_many_message(outcome, config.max_failures))
+    return outcome.rows
+
+
+def too_many_message(outcome: RunOutcome, limit: int | None) -> str:
+    n = sum(len(ids) for ids in outcome.failed.values())
+    return f"stopped after {n} failed samples (--max-failures {limit}); results of what finished are in {outcome.output}"
+
+
+def execute(
+    config: RunConfig,
+    progress: Callable[[str, int], Any] | None = None,
+    advance: Callable[[], None] | None = None,
+) -> RunOutcome:
+    """Evaluate models × datasets × settings into config.output; resumable, shardable under torchrun.
+
+    Order: validate specs → open datasets → check the output folder (resume / overwrite / refuse) →
+    per model, per dataset: evaluate this process's samples (reusing finished ones), and on rank 0 rebuild
+    the rows from every finished record and rewrite results.json/csv.
+    """
+    from evtp_cli.bench import resume as rs
+    from evtp_cli.bench.distributed import Shard
     from evtp_cli.pruners import get_pruner
 
     validate(config)
+    shard = Shard.from_env()
+    if shard.sharded and config.predict_only:
+        raise EvtpError("--predict-only runs cannot be sharded with torchrun yet; run them in one process")
+    if config.resume and config.predict_only:
+        raise EvtpError("--predict-only runs cannot be resumed (the zips need every mask); run again with --overwrite")
+    datasets = [(spec, open_dataset(spec)) for spec in config.datasets]
     out = prepare_output(config.output)
-    meta = run_meta(config.seed, config.device, config.extra_meta)
+    identity = rs.run_identity(config)
+    shard.start()
+    try:
+        mode = rs.check_output(out, identity, resume=config.resume, overwrite=config.overwrite)
+        meta = run_meta(config.seed, shard.device(config.device), config.extra_meta)
+        meta.update({"config": identity, "world_size": shard.world})
+        shard.barrier()  # every rank has checked the folder before rank 0 changes it
+        if shard.main:
+            if mode == "overwrite":
+                rs.clear_output(out)
+            for path in rs.sample_files(out):
+                rs.repair_tail(path)
+            rs.write_run_json(out, identity, meta)
+        shard.barrier()
+        done = rs.load_done(out) if mode == "resume" else {}
+        outcome = _evaluate_all(config, shard, datasets, out, meta, done, progress, advance, get_pruner)
+        shard.barrier()  # every rank has closed its sample file
+        if shard.main:
+            if shard.sharded:
+                rs.merge_sample_files(out)
+            add_speedups(outcome.rows)
+            write_results(out, outcome.rows, _final_meta(meta, outcome))
+        shard.barrier()  # other ranks end only after rank 0 wrote the results
+    finally:
+        shard.close()
+    return outcome
+
+
+def _final_meta(meta: dict[str, Any], outcome: RunOutcome) -> dict[str, Any]:
+    return {
+        **meta,
+        "failed_samples": outcome.failed,
+        "not_applicable": {f"{r['pruner']} on {r['model']}": r["not_applicable"] for r in outcome.rows if r.get("not_applicable")},
+        "stopped_early": outcome.stopped,
+        "end_time": None,
+    }
+
+
+def _evaluate_all(config, shard, datasets, out, meta, done, progress, advance, get_pruner) -> RunOutcome:
+    from evtp_cli.bench import resume as rs
+    from evtp_cli.models import load_model
+
     rows: list[dict[str, Any]] = []
-    failed: dict[str, list[str]] = {}
-    not_applicable: dict[str, str] = {}
+    budget = FailureBudget(config.max_failures)
+    reasons: dict[str, str] = {}
     pruners = [(canonical(p), get_pruner(p)) for p in config.pruners]
     ratios = parse_ratios(config.ratios)
-    with SampleLog(out / SAMPLES_JSONL) as log:
-        for model_spec in config.models:
-            from evtp_cli.models import load_model
+    log_path = out / (rs.rank_file(shard.rank) if shard.sharded else SAMPLES_JSONL)
+    stopped = False
 
-            model = load_model(model_spec, **_model_overrides(model_spec, config.device, config.frames))
+    def note(outcome: Any) -> None:
+        if not outcome.ok and outcome.reason:
+            reasons.setdefault(outcome.id, outcome.reason)
+        if advance is not None:
+            advance()
+
+    with SampleLog(log_path) as log:
+        for model_spec in config.models:
+            model = load_model(model_spec, **_model_overrides(model_spec, shard.device(config.device), config.frames))
             meta.setdefault("models", {})[canonical(model_spec)] = model.info()
-            for dataset_spec in config.datasets:
-                dataset = load_dataset(dataset_spec)
+            for dataset_spec, dataset in datasets:
                 n = len(dataset) if config.limit is None else min(config.limit, len(dataset))
                 settings = [(Setting(canonical(model_spec), canonical(dataset_spec), REFERENCE, 1.0), None)]
                 settings += [
@@ -130,28 +247,36 @@ def run(config: RunConfig, progress: Callable[[str, int], Any] | None = None, ad
                     for name, pruner in pruners
                     for ratio in ratios
                 ]
+                mine = shard.indices(n)
                 if progress is not None:
-                    progress(f"{canonical(model_spec)} · {canonical(dataset_spec)}", n * len(settings))
-                writer = None
-                if config.predict_only:
-                    writer = _prediction_writer(out, dataset)
+                    progress(f"{canonical(model_spec)} · {canonical(dataset_spec)}", len(mine) * len(settings))
+                writer = _prediction_writer(out, dataset) if config.predict_only else None
                 dataset_rows = evaluate_dataset(
-                    model, dataset, settings, seed=config.seed, limit=config.limit, log=log,
-                    on_sample=(lambda _o: advance()) if advance is not None else None,
-                    prediction_writer=writer, score=not config.predict_only,
+                    model, dataset, settings, seed=config.seed, limit=config.limit, log=log, on_sample=note,
+                    prediction_writer=writer, score=not config.predict_only, indices=mine, done=done, failures=budget,
                 )
-                for row in dataset_rows:
-                    ids = row.pop("failed_ids")
-                    label = f"{row['dataset']} · {row['pruner']} @ {row['ratio']:g}"
-                    if ids:
-                        failed[label] = ids
-                    if row.get("not_applicable"):
-                        not_applicable[f"{row['pruner']} on {row['model']}"] = row["not_applicable"]
-                    rows.append(row)
-                add_speedups(rows)
-                meta.update({"failed_samples": failed, "not_applicable": not_applicable})
-                write_results(out, rows, {**meta, "end_time": None})
-    meta.update({"failed_samples": failed, "not_applicable": not_applicable, "end_time": None})
-    add_speedups(rows)
-    write_results(out, rows, meta)
-    return rows
+                if shard.sharded:
+                    shard.barrier()  # every rank's records of this dataset are written
+                    if shard.main:  # rows from all ranks' records, in dataset order
+                        merged = rs.load_done(out)
+                        for rec in merged.values():
+                            if rec.get("status") == "failed" and rec.get("reason"):
+                                reasons.setdefault(rec["id"], rec["reason"])
+                        dataset_rows = evaluate_dataset(
+                            model, dataset, settings, seed=config.seed, limit=config.limit, done=merged, replay_only=True,
+                        )
+                if shard.main:
+                    for row in dataset_rows:
+                        for sample_id in row.pop("failed_ids"):
+                            budget.add(row["dataset"], sample_id)
+                        rows.append(row)
+                stopped = shard.any(budget.exceeded)  # the same decision on every rank
+                if shard.main:
+                    add_speedups(rows)
+                    write_results(out, rows, _final_meta(meta, RunOutcome(rows, meta, out, budget.failed, reasons, stopped)))
+                if stopped:
+                    break
+            del model
+            if stopped:
+                break
+    return RunOutcome(rows, meta, out, budget.failed, reasons, stopped, shard.main, len(done))

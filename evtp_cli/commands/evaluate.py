@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from evtp_cli.cli import app, console
+from evtp_cli.cli import app, console, err_console
 from evtp_cli.commands import options as opt
+from evtp_cli.commands.progress import progress_bar
 from evtp_cli.errors import EvtpError
 
 DEFAULT_DATASET = "synthetic-image"
@@ -20,38 +20,57 @@ DEFAULT_SWEEP_RATIOS = ["0.1", "0.2", "0.3", "0.5"]
 
 
 def _default_output(command: str) -> Path:
+    from evtp_cli.bench.distributed import Shard
+
+    if Shard.from_env().sharded:  # every rank must write into the same folder
+        raise EvtpError("give --output when running under torchrun (every process writes into that folder)")
     return Path("runs") / f"{command}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+EXIT_TOO_MANY_FAILURES = 3
+MAX_IDS_SHOWN = 10
+
+
 def _run_with_progress(config):
-    from evtp_cli.bench.runner import run
+    """Run with a progress bar (rank 0 only under torchrun); returns the RunOutcome."""
+    from evtp_cli.bench.distributed import Shard
+    from evtp_cli.bench.runner import execute
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        state = {"task": None}
-
-        def start(label: str, total: int) -> None:
-            if state["task"] is not None:
-                progress.update(state["task"], completed=progress.tasks[-1].total)
-            state["task"] = progress.add_task(label, total=total)
-
-        def advance() -> None:
-            progress.advance(state["task"])
-
-        return run(config, progress=start, advance=advance)
+    if not Shard.from_env().main:
+        return execute(config)
+    with progress_bar() as (start, advance):
+        return execute(config, progress=start, advance=advance)
 
 
-def _summarise(rows, output: Path, title: str) -> None:
+def _summarise(outcome, title: str) -> None:
     from evtp_cli.bench.tables import results_table
 
+    rows, output = outcome.rows, outcome.output
     console.print(results_table(rows, title=title))
     for r in rows:
         if r.get("not_applicable"):
             console.print(f"[yellow]not applicable:[/yellow] {r['pruner']} on {r['model']}: {r['not_applicable']}")
-    failed = [(r["dataset"], r["pruner"], r["ratio"], r["n_failed"]) for r in rows if r.get("n_failed")]
-    for dataset, pruner, ratio, n in failed:
-        console.print(f"[yellow]{n} failed sample(s)[/yellow] in {dataset} · {pruner} @ {ratio:g} (see samples.jsonl)")
+    if outcome.reused:
+        console.print(f"resumed: {outcome.reused} finished sample record(s) reused from {output / 'samples.jsonl'}")
+    for dataset, ids in outcome.failed.items():
+        if not ids:
+            continue
+        shown = ", ".join(ids[:MAX_IDS_SHOWN]) + (f" … and {len(ids) - MAX_IDS_SHOWN} more" if len(ids) > MAX_IDS_SHOWN else "")
+        console.print(f"[yellow]{len(ids)} failed sample(s)[/yellow] in {dataset}, left out of the metrics: {shown}", highlight=False)
+        reason = outcome.reasons.get(ids[0])
+        if reason:
+            console.print(f"  first reason ({ids[0]}): {reason}", highlight=False, soft_wrap=True)
     console.print(f"results: {output / 'results.json'}, {output / 'results.csv'}, {output / 'samples.jsonl'}")
+
+
+def _finish(outcome, config) -> None:
+    """Exit code 3 (after the summary) when --max-failures stopped the run."""
+    if outcome.stopped:
+        from evtp_cli.bench.runner import too_many_message
+
+        if outcome.main:
+            err_console.print(f"[bold red]error:[/bold red] {too_many_message(outcome, config.max_failures)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_TOO_MANY_FAILURES)
 
 
 @app.command("prune-eval")
@@ -66,6 +85,9 @@ def prune_eval(
     device: str = opt.Device,
     frames: Optional[str] = opt.Frames,
     predict_only: bool = typer.Option(False, "--predict-only", help="Write prediction masks in the challenge layout (zipped) instead of scoring; for splits without public ground truth."),
+    resume: bool = opt.Resume,
+    overwrite: bool = opt.Overwrite,
+    max_failures: Optional[int] = opt.MaxFailures,
 ) -> None:
     """Evaluate one model × dataset(s) × one pruner at one keep ratio, beside the no-pruning reference.
 
@@ -77,12 +99,17 @@ def prune_eval(
     parse_ratios([ratio])
     datasets = split_list_option(dataset or [DEFAULT_DATASET])
     output = output or _default_output("prune-eval")
-    config = RunConfig(models=[model], datasets=datasets, pruners=[pruner], ratios=[ratio], output=output, limit=limit, seed=seed, device=device, frames=frames, predict_only=predict_only)
-    rows = _run_with_progress(config)
-    _summarise(rows, output, f"{pruner} at keep ratio {ratio:g}")
-    for row in rows:
-        if row.get("predictions_zip"):
-            console.print(f"predictions for {row['pruner']} @ {row['ratio']:g}: {row['predictions_zip']}")
+    config = RunConfig(
+        models=[model], datasets=datasets, pruners=[pruner], ratios=[ratio], output=output, limit=limit, seed=seed, device=device,
+        frames=frames, predict_only=predict_only, resume=resume, overwrite=overwrite, max_failures=max_failures,
+    )
+    outcome = _run_with_progress(config)
+    if outcome.main:
+        _summarise(outcome, f"{pruner} at keep ratio {ratio:g}")
+        for row in outcome.rows:
+            if row.get("predictions_zip"):
+                console.print(f"predictions for {row['pruner']} @ {row['ratio']:g}: {row['predictions_zip']}")
+    _finish(outcome, config)
 
 
 @app.command("sweep-ratios")
@@ -96,12 +123,16 @@ def sweep_ratios(
     output: Optional[Path] = opt.Output,
     device: str = opt.Device,
     frames: Optional[str] = opt.Frames,
+    resume: bool = opt.Resume,
+    overwrite: bool = opt.Overwrite,
+    max_failures: Optional[int] = opt.MaxFailures,
 ) -> None:
     """Models × datasets × pruners × keep ratios, with one no-pruning reference per model × dataset.
 
-    Writes results.json/csv, samples.jsonl, table.md and one accuracy-vs-ratio plot per dataset.
+    Writes results.json/csv, samples.jsonl, table.md, and per model × dataset an accuracy-vs-ratio and an
+    accuracy-vs-latency (Pareto) plot. Under torchrun the samples are split across the processes.
     """
-    from evtp_cli.bench.report import plot_accuracy_vs_ratio, table_markdown
+    from evtp_cli.bench.report import plot_accuracy_vs_latency, plot_accuracy_vs_ratio, table_markdown
     from evtp_cli.bench.runner import RunConfig
     from evtp_cli.spec import split_list_option
 
@@ -116,12 +147,19 @@ def sweep_ratios(
         seed=seed,
         device=device,
         frames=frames,
+        resume=resume,
+        overwrite=overwrite,
+        max_failures=max_failures,
     )
-    rows = _run_with_progress(config)
-    (output / "table.md").write_text(table_markdown(rows))
-    plots = plot_accuracy_vs_ratio(rows, output)
-    _summarise(rows, output, "sweep")
-    console.print(f"table: {output / 'table.md'}; plots: {', '.join(str(p) for p in plots)}")
+    outcome = _run_with_progress(config)
+    if outcome.main:
+        rows = outcome.rows
+        (output / "table.md").write_text(table_markdown(rows))
+        plots = plot_accuracy_vs_ratio(rows, output) + plot_accuracy_vs_latency(rows, output)
+        _summarise(outcome, "sweep")
+        console.print(f"table: {output / 'table.md'}; plots: {', '.join(str(p) for p in plots)}")
+        console.print(f"report: evtp report {output}")
+    _finish(outcome, config)
 
 
 @app.command("compare")

@@ -19,6 +19,11 @@ Limit = typer.Option(None, "--limit", "-n", help="Evaluate at most this many sam
 Seed = typer.Option(0, "--seed", help="Seed for random pruners and anything else stochastic.")
 Output = typer.Option(None, "--output", "-o", help="Output folder for results.json, results.csv and samples.jsonl.")
 Device = typer.Option("cpu", "--device", help="Torch device, e.g. cpu, cuda, cuda:1.")
+Resume = typer.Option(False, "--resume", help="Finish the run in --output: reuse its finished samples, evaluate the rest.")
+Overwrite = typer.Option(False, "--overwrite", help="Replace the run --output holds (its results and samples) instead of refusing.")
+MaxFailures = typer.Option(
+    None, "--max-failures", help="Stop (exit code 3) once more than N samples failed, after writing what finished; default: no limit."
+)
 Frames = typer.Option(
     None, "--frames", help="Key frames the LLM sees in a video: first-K (Sa2VA protocol) or uniform-K; default: the model's own. Masks are scored on all frames."
 )
