@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
 # Command modules register themselves on `app` when imported (one module per area).
 from evtp_cli.commands import data as _data_commands  # noqa: E402,F401
 from evtp_cli.commands import evaluate as _evaluate_commands  # noqa: E402,F401
+from evtp_cli.commands import report as _report_commands  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

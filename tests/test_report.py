@@ -1,0 +1,133 @@
+"""What people read: sweep plots (ratio, Pareto), report.md, token maps, the coverage analysis, and the gate on a sweep."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from evtp_cli.bench.coverage import ALL_PRUNERS, spearman
+from evtp_cli.bench.report import pareto_front
+from evtp_cli.cli import main
+from test_cli import run_cli as cli
+
+PNG = b"\x89PNG\r\n\x1a\n"
+SWEEP = ["sweep-ratios", "-d", "synthetic-image:n=6,size=32", "-p", "uniform,random", "-r", "0.1,0.5"]
+
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    with pytest.raises(SystemExit) as exc:
+        main([*SWEEP, "-o", str(out)])
+    assert exc.value.code == 0
+    return out
+
+
+def test_pareto_front():
+    points = [(10.0, 0.5), (5.0, 0.4), (7.0, 0.3), (12.0, 0.5), (20.0, 0.6), (5.0, 0.2)]
+    assert pareto_front(points) == [1, 0, 4]
+
+
+def test_spearman():
+    x = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert spearman(x, [10.0, 20.0, 30.0, 40.0, 50.0]) == pytest.approx(1.0)
+    assert spearman(x, [5.0, 4.0, 3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    assert spearman(x, [1.0, 1.0, 1.0, 1.0, 1.0]) is None and spearman([1.0, 2.0], [2.0, 1.0]) is None
+    # ties take average ranks: ranks (1.5, 1.5, 3, 4) against (1, 2, 3, 4)
+    expected = np.corrcoef([1.5, 1.5, 3, 4], [1, 2, 3, 4])[0, 1]
+    assert spearman([1.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]) == pytest.approx(expected)
+
+
+def test_sweep_writes_both_plots(sweep):
+    for kind in ("accuracy_vs_ratio", "accuracy_vs_latency"):
+        plots = list(sweep.glob(f"{kind}_*.png"))
+        assert len(plots) == 1 and plots[0].read_bytes()[:8] == PNG
+
+
+def test_report_md(sweep, capsys):
+    code, out, _ = cli(capsys, "report", str(sweep))
+    assert code == 0
+    text = (sweep / "report.md").read_text()
+    assert text.startswith("# evtp results") and "## Accuracy by keep ratio" in text and "| uniform |" in text
+    assert "pruners `uniform`, `random`; ratios 0.1, 0.5" in text  # what ran, for provenance
+    for link in [part.split(")")[0] for part in text.split("](")[1:]]:
+        assert (sweep / link).is_file(), link
+    rows = json.loads((sweep / "results.json").read_text())["rows"]
+    uniform = next(r for r in rows if r["pruner"] == "uniform" and r["ratio"] == 0.5)
+    assert f"{uniform['giou']:.3f}" in text
+
+
+def test_coverage(sweep, capsys):
+    code, out, err = cli(capsys, "coverage", str(sweep))
+    assert code == 0, err
+    import pandas as pd
+
+    per_sample = pd.read_csv(sweep / "coverage.csv")
+    assert len(per_sample) == 6 * 2 * 2  # samples × pruners × ratios (the reference has no kept set)
+    summary = pd.read_csv(sweep / "coverage_summary.csv")
+    assert set(summary["pruner"]) == {"uniform", "random", ALL_PRUNERS}
+    # the radii are those of the kept sets: fewer kept tokens cover worse, and uniform's grid is the same on every image
+    by = per_sample.groupby(["pruner", "ratio"])["radius_image"]
+    assert by.mean()[("random", 0.1)] > by.mean()[("random", 0.5)]
+    assert by.nunique()[("uniform", 0.1)] == 1
+    # accuracy comes from the run's own records, and ρ from the ranks of these columns
+    records = [json.loads(line) for line in (sweep / "samples.jsonl").read_text().splitlines()]
+    iou = {(r["pruner"], r["ratio"], r["index"]): r["iou"] for r in records}
+    assert all(math.isclose(a, iou[(p, r, i)]) for p, r, i, a in per_sample[["pruner", "ratio", "index", "accuracy"]].itertuples(index=False))
+    pooled = summary[(summary["pruner"] == ALL_PRUNERS) & (summary["ratio"] == 0.1)].iloc[0]
+    group = per_sample[per_sample["ratio"] == 0.1]
+    expected = spearman(list(group["radius_feature"]), list(group["accuracy"]))
+    assert (expected is None and math.isnan(pooled["rho_feature"])) or pooled["rho_feature"] == pytest.approx(expected)
+    assert (sweep / "coverage.md").read_text().count("| random |") == 2
+    assert list(sweep.glob("coverage_*.png"))[0].read_bytes()[:8] == PNG
+    assert "ρ" in out
+    code, _, _ = cli(capsys, "report", str(sweep))
+    assert code == 0 and "## Coverage and accuracy" in (sweep / "report.md").read_text()
+
+
+def test_coverage_radius_matches_an_independent_computation(sweep):
+    """Radius of one recorded kept set, recomputed from scratch with the model's token coordinates."""
+    import pandas as pd
+
+    from evtp_cli.bench.evaluate import sample_seed
+    from evtp_cli.data import load_dataset
+    from evtp_cli.metrics.timing import StageTimer
+    from evtp_cli.models import load_model
+    from evtp_cli.pruners import get_pruner
+
+    row = pd.read_csv(sweep / "coverage.csv").query("pruner == 'random' and ratio == 0.1").iloc[2]
+    sample = load_dataset("synthetic-image:n=6,size=32")[int(row["index"])]
+    tokens = load_model("tiny-ivs").encode(sample, StageTimer())
+    context = tokens.context
+    context.seed = sample_seed(0, sample.id)
+    keep = get_pruner("random").select(tokens.features, tokens.coords, max(1, round(0.1 * tokens.count)), context)
+    points = tokens.coords.double()
+    brute = max(min(float(torch.linalg.norm(points[i] - points[j])) for j in keep.tolist()) for i in range(tokens.count))
+    assert row["radius_image"] == pytest.approx(brute)
+
+
+def test_visualize_png(tmp_path, capsys):
+    path = tmp_path / "map.png"
+    code, out, err = cli(capsys, "visualize", "-d", "synthetic-video:n=2,frames=3,size=32", "--sample", "1", "-p", "evtp,uniform",
+                         "-r", "0.2", "-o", str(path))
+    assert code == 0, err
+    assert path.read_bytes()[:8] == PNG
+    from PIL import Image
+
+    # a grid of 3 columns (input + 2 pruners) × 3 rows (the key frames tiny-ivs shows its LLM: all 3 here)
+    assert Image.open(path).size == (round(2.2 * 3 * 130), round((2.2 * 3 + 0.5) * 130))
+    assert "evtp" in out and "uniform" in out and "token map" in out
+
+
+def test_compare_gate_on_a_sweep(sweep, tmp_path, capsys):
+    code, out, _ = cli(capsys, "compare", str(sweep), str(sweep))
+    assert code == 0 and "no regression" in out
+    data = json.loads((sweep / "results.json").read_text())
+    row = next(r for r in data["rows"] if r["pruner"] == "uniform" and r["ratio"] == 0.5)
+    row["giou"] -= 0.05
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    code, out, _ = cli(capsys, "compare", str(sweep), str(tmp_path / "results.json"))
+    assert code == 1 and "REGRESSION" in out
