@@ -56,29 +56,40 @@ def grid(frames: int, tokens_per_frame: int) -> torch.Tensor:
     return torch.stack([tt.flatten(), yy.flatten(), xx.flatten()], dim=1)
 
 
-def timer(device: torch.device) -> Callable[[Callable[[], object], int, int], float]:
-    """Median milliseconds of fn over `repeats` runs after `warmup` runs (CUDA events on a GPU)."""
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds of one call (CUDA events around it on a GPU, perf_counter on CPU)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
-    def run(fn: Callable[[], object], repeats: int, warmup: int) -> float:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                torch.cuda.synchronize()
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
 
-    return run
+def time_round_robin(calls: list[tuple[Callable[[], object], int, int]], device: torch.device) -> list[float | Exception]:
+    """Median ms of each (fn, repeats, warmup); runs interleave (one of each method per round), so a
+    change of load on a shared machine falls on all methods alike. A call that raises gets its error."""
+    times: list[list[float]] = [[] for _ in calls]
+    errors: dict[int, Exception] = {}
+    for i, (fn, _, warmup) in enumerate(calls):
+        try:
+            for _ in range(warmup):
+                fn()
+        except Exception as err:  # noqa: BLE001 - reported in the method's row
+            errors[i] = err
+    for r in range(max(repeats for _, repeats, _ in calls)):
+        for i, (fn, repeats, _) in enumerate(calls):
+            if r < repeats and i not in errors:
+                try:
+                    times[i].append(timed(fn, device))
+                except Exception as err:  # noqa: BLE001 - reported in the method's row
+                    errors[i] = err
+    return [errors.get(i) or statistics.median(t) for i, t in enumerate(times)]
 
 
 def methods(features: torch.Tensor, coords: torch.Tensor, k: int, with_torch_loop: bool) -> list[tuple[str, Callable[[], object], bool]]:
@@ -101,7 +112,6 @@ def methods(features: torch.Tensor, coords: torch.Tensor, k: int, with_torch_loo
 
 def measure(args: argparse.Namespace) -> tuple[list[Row], dict]:
     device = torch.device(args.device)
-    run = timer(device)
     dims = args.dims or ([1024, 3584] if device.type == "cuda" else [1024])
     sizes = [(f"image {n}", 1, n) for n in args.image_tokens]
     sizes.append((f"video {args.frames}x{args.frame_tokens}", args.frames, args.frame_tokens))
@@ -115,20 +125,22 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict]:
             n = coords.shape[0]
             features = torch.randn(n, d, generator=gen).to(device)
             k = keep_count(args.ratio, n)
-            with_loop = device.type == "cuda"
-            for name, fn, is_reference in methods(features, coords, k, with_loop):
+            named = methods(features, coords, k, with_torch_loop=device.type == "cuda")
+            calls = []
+            for _, fn, is_reference in named:
                 repeats = args.reference_repeats if is_reference else args.repeats
-                try:
-                    warmup = args.warmup if device.type == "cuda" else 0 if is_reference else 1
-                    ms = run(fn, repeats, warmup)
+                warmup = args.warmup if device.type == "cuda" else 0 if is_reference else 1
+                calls.append((fn, repeats, warmup))
+            print(f"  timing {label}, d={d}", file=sys.stderr, flush=True)
+            for (name, _, _), (_, repeats, _), ms in zip(named, calls, time_round_robin(calls, device)):
+                if isinstance(ms, PrunerNotApplicable):
+                    rows.append(Row(label, n, d, k, name, None, 0, f"skipped: {ms}"))
+                elif isinstance(ms, Exception):
+                    rows.append(Row(label, n, d, k, name, None, 0, f"failed: {type(ms).__name__}: {ms}"[:160]))
+                else:
                     rows.append(Row(label, n, d, k, name, ms, repeats))
-                except PrunerNotApplicable as err:
-                    rows.append(Row(label, n, d, k, name, None, 0, f"skipped: {err}"))
-                except Exception as err:  # noqa: BLE001 - one failing method must not hide the others' numbers
-                    rows.append(Row(label, n, d, k, name, None, 0, f"failed: {type(err).__name__}: {err}"[:120]))
-                print(f"  {label} d={d} {name}: done", file=sys.stderr, flush=True)
     meta = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine while it ran
@@ -138,6 +150,14 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict]:
         "command": " ".join(["python benchmarks/bench_select.py", *args.argv]),
     }
     return rows, meta
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def speedups(rows: list[Row]) -> list[dict]:
@@ -171,7 +191,7 @@ def render(rows: list[Row], meta: dict, gains: list[dict]) -> None:
     for method, note in notes.items():
         console.print(f"{method}: {note}", markup=False)
     for g in gains:
-        console.print(f"{g['size']}, d={g['d']}: {g['method']} is {g['speedup']:.1f}x faster than the {g['vs']}")
+        console.print(f"{g['size']}, d={g['d']}: {g['method']} is {g['speedup']:.1f}x as fast as the {g['vs']}")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
