@@ -209,3 +209,39 @@ def test_repair_tail_and_merge_of_rank_files(tmp_path):
     assert merge_sample_files(tmp_path) == 4
     assert not list(tmp_path.glob("samples.rank*.jsonl"))
     assert [json.loads(line)["index"] for line in main_file.read_text().splitlines()] == [0, 1, 2, 3]
+
+
+# --- the replay itself, with a stand-in model: shards and resumes rebuild the rows of one pass -------------
+
+
+class NotHere:
+    """A pruner that the backend cannot serve (as an attention-based method on a backend without attention)."""
+
+    stage, merges = "pre-llm", False
+
+    def select_and_merge(self, *args):
+        from evtp_cli.errors import PrunerNotApplicable
+
+        raise PrunerNotApplicable("needs attention maps")
+
+
+@pytest.mark.parametrize("spec", ["synthetic-image:n=7,size=32", "synthetic-video:n=5,frames=3,size=32"])
+def test_shards_replayed_in_dataset_order_equal_one_pass(tmp_path, spec):
+    from test_evaluate import OracleIfSeen
+
+    from evtp_cli.bench.results import SampleLog
+    from evtp_cli.data import load_dataset
+    from evtp_cli.pruners import get_pruner
+
+    ds = load_dataset(spec)
+    model = OracleIfSeen(OracleIfSeen.Config(fail_on="00003"))
+    settings = [(ev.Setting("m", spec, ev.REFERENCE, 1.0), None), (ev.Setting("m", spec, "random", 0.2), get_pruner("random")),
+                (ev.Setting("m", spec, "nothere", 0.2), NotHere())]
+    one = ev.evaluate_dataset(model, ds, settings, seed=1)
+    for rank in range(3):  # three "ranks", each with its own file, as under torchrun
+        with SampleLog(tmp_path / f"samples.rank{rank}.jsonl") as log:
+            ev.evaluate_dataset(model, ds, settings, seed=1, log=log, indices=range(rank, len(ds), 3))
+    merged = ev.evaluate_dataset(model, ds, settings, seed=1, done=load_done(tmp_path), replay_only=True)
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("ms_")} for r in rows]  # noqa: E731
+    assert strip(merged) == strip(one)
+    assert one[1]["n_failed"] == 1 and one[2]["not_applicable"] == "needs attention maps" and one[2]["n_samples"] == 0

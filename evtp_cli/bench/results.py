@@ -79,6 +79,14 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def command_line() -> str:
+    """The command as typed: `evtp ...` for the script and for `python -m evtp_cli` (also under torchrun)."""
+    argv = list(sys.argv)
+    if argv and (Path(argv[0]).name == "evtp" or argv[0].endswith(os.path.join("evtp_cli", "__main__.py"))):
+        argv[0] = "evtp"
+    return " ".join(shlex.quote(a) for a in argv)
+
+
 def run_meta(seed: int, device: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Provenance for results.json: versions, commit, device, seed, command line, start time."""
     import torch
@@ -101,7 +109,7 @@ def run_meta(seed: int, device: str, extra: dict[str, Any] | None = None) -> dic
         "device": str(device),
         "device_name": device_name,
         "seed": seed,
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "command": command_line(),
         "start_time": now_iso(),
         "end_time": None,
     }

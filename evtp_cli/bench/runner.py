@@ -196,9 +196,8 @@ def execute(
         done = rs.load_done(out) if mode == "resume" else {}
         outcome = _evaluate_all(config, shard, datasets, out, meta, done, progress, advance, get_pruner)
         shard.barrier()  # every rank has closed its sample file
-        if shard.main:
-            if shard.sharded:
-                rs.merge_sample_files(out)
+        if shard.main:  # rank files of this run, or of an earlier sharded run this one resumed
+            rs.merge_sample_files(out)
             add_speedups(outcome.rows)
             write_results(out, outcome.rows, _final_meta(meta, outcome))
         shard.barrier()  # other ranks end only after rank 0 wrote the results
