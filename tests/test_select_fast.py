@@ -209,7 +209,7 @@ def test_distance_rows_have_the_bits_of_the_full_matrix(n, d, with_time, array):
 
 def test_symmetric_gram_matches_plain_product_values():
     """The mirrored block Gram is exactly symmetric and within rounding of u @ uᵀ."""
-    u = torch.nn.functional.normalize(torch.randn(1500, 20, generator=torch.Generator().manual_seed(0)), dim=-1)
+    u = torch.nn.functional.normalize(torch.randn(1100, 20, generator=torch.Generator().manual_seed(0)), dim=-1)
     g = cosine_gram(u[None])[0]
     assert torch.equal(g, g.T)
     torch.testing.assert_close(g, u @ u.T, rtol=0, atol=1e-6)
@@ -232,7 +232,7 @@ def test_batched_greedy_equals_plain_greedy_with_ties_and_weights(seed):
 # DivPrune and kcenter share the fast greedy
 
 
-@pytest.mark.parametrize("n,d,k", [(300, 32, 60), (150, 32, 149), (257, 8, 128)])
+@pytest.mark.parametrize("n,d,k", [(300, 32, 60), (100, 32, 99), (257, 8, 90)])
 def test_divprune_fast_equals_published_loop(n, d, k):
     feats = torch.randn(n, d, generator=torch.Generator().manual_seed(n + k))
     keep = get_pruner("divprune").select(feats, torch.zeros(n, 3), k)
