@@ -245,6 +245,20 @@ def test_divprune_fast_with_duplicates():
     assert keep.tolist() == sorted(divprune_reference(feats, 6).tolist())
 
 
+@pytest.mark.parametrize("n,repeat", [(2, False), (3, True), (60, False), (60, True)])
+def test_divprune_first_is_argmax_of_second_smallest(n, repeat):
+    from evtp_cli.pruners.divprune import cosine_distance_matrix, divprune_first
+
+    feats = torch.randn(n, 6, generator=torch.Generator().manual_seed(n))
+    if repeat:  # every token twice or more: the 2nd smallest of a column is then its minimum again
+        feats = feats[torch.arange(n) % max(1, n // 3)]
+    dist = cosine_distance_matrix(feats)
+    before = dist.clone()
+    expected = int(torch.argmax(torch.topk(dist, 2, dim=0, largest=False).values[1]))
+    assert divprune_first(dist) == expected
+    assert torch.equal(dist, before)
+
+
 def test_kcenter_equals_evtp_reference_without_space_and_information():
     feats, coords = _sample(4, 8, 8, 24, seed=9)
     keep = get_pruner("kcenter").select(feats, coords, 51)

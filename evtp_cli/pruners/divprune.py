@@ -28,14 +28,20 @@ from evtp_cli.pruners.greedy import greedy_over_matrix, mask_self
 
 def cosine_distance_matrix(features: torch.Tensor) -> torch.Tensor:
     normed = torch.nn.functional.normalize(features.float(), dim=-1)
-    return 1.0 - normed @ normed.T
+    return (normed @ normed.T).neg_().add_(1.0)  # 1 - cos in place: fl(-g + 1) is fl(1 - g)
 
 
 def divprune_first(dist: torch.Tensor) -> int:
     """The token with the largest nearest-neighbour distance (self excluded by taking the 2nd smallest)."""
     if dist.shape[0] == 1:
         return 0
-    nearest = torch.topk(dist, 2, dim=0, largest=False).values[1]
+    # the 2nd smallest of each column, as topk(2, dim=0) gives it, in two plain column minima: hide
+    # each column's minimum, take the minimum again, put it back (dist ends as it started)
+    lowest, rows = dist.min(dim=0)
+    cols = torch.arange(dist.shape[1], device=dist.device)
+    dist[rows, cols] = float("inf")
+    nearest = dist.min(dim=0).values
+    dist[rows, cols] = lowest
     return int(torch.argmax(nearest))
 
 
