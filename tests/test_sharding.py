@@ -21,7 +21,16 @@ def test_shard_indices_partition_the_samples():
     shards = [Shard(rank=r, world=3) for r in range(3)]
     parts = [list(s.indices(10)) for s in shards]
     assert sorted(i for p in parts for i in p) == list(range(10)) and parts[1] == [1, 4, 7]
-    assert Shard(rank=1, world=2, local_rank=1).device("cuda") == "cuda:1" and Shard().device("cuda") == "cuda"
+
+
+def test_cuda_means_the_local_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert Shard(rank=3, world=4, local_rank=1).device("cuda") == "cuda:1"
+    assert Shard(rank=2, world=4, local_rank=2).device("cuda") == "cuda:0"  # 4 processes on 2 GPUs
+    assert Shard(rank=1, world=2, local_rank=1).device("cuda:0") == "cuda:0" and Shard().device("cuda") == "cuda"
 
 
 def test_bad_torchrun_environment_is_a_user_error(capsys, monkeypatch, tmp_path):

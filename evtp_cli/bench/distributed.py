@@ -57,8 +57,14 @@ class Shard:
         return range(self.rank, n, self.world)
 
     def device(self, device: str) -> str:
-        """`cuda` means this rank's own GPU (cuda:LOCAL_RANK) in a sharded run."""
-        return f"cuda:{self.local_rank}" if self.sharded and device == "cuda" else device
+        """`cuda` means this rank's own GPU in a sharded run: cuda:LOCAL_RANK, wrapped around the GPUs the
+        node has (so that 2 processes may share one GPU)."""
+        if not (self.sharded and device == "cuda"):
+            return device
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return f"cuda:{self.local_rank % count if count else self.local_rank}"
 
     def start(self) -> None:
         if not self.sharded:
