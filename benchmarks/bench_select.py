@@ -92,12 +92,20 @@ def time_round_robin(calls: list[tuple[Callable[[], object], int, int]], device:
     return [errors.get(i) or statistics.median(t) for i, t in enumerate(times)]
 
 
+def raise_(err: Exception) -> None:
+    raise err
+
+
 def methods(features: torch.Tensor, coords: torch.Tensor, k: int, with_torch_loop: bool) -> list[tuple[str, Callable[[], object], bool]]:
     """(name, call, is_reference) for every method timed at one size."""
     frame_ids = frame_index(coords)
     out: list[tuple[str, Callable[[], object], bool]] = []
     for name in list_pruners():
-        pruner = get_pruner(name)
+        try:
+            pruner = get_pruner(name)
+        except Exception as err:  # noqa: BLE001 - e.g. a plug-in that does not import here: its row says so
+            out.append((name, lambda e=err: raise_(e), False))
+            continue
         out.append((name, lambda p=pruner: p.select(features, coords, k), False))
     glob = get_pruner("evtp", mode="global")
     out.append(("evtp:mode=global", lambda: glob.select(features, coords, k), False))

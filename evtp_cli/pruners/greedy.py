@@ -16,7 +16,7 @@ Two forms of the same loop:
 Why the two pick the same indices: weighting commutes with the running minimum bit for bit, because
 rounding is monotone: for w > 0, min(fl(w·a), fl(w·b)) = fl(w·min(a, b)). So the running minimum of
 weighted rows holds exactly the scores the reference computes; chosen points hold -inf in both; and
-both break ties by torch.argmax, which returns the first maximum.
+both break ties to the first maximum (torch and numpy argmax; Triton's argmax with tie_break_left).
 """
 
 from __future__ import annotations
