@@ -320,9 +320,11 @@ def evtp_select(
 
     All frames are selected together as one batched greedy. On CPU, distance rows are built only for
     chosen points; on CUDA the score matrices are built whole and the loop runs as one Triton kernel
-    where available. backend: "auto" | "torch" | "triton" (see greedy.greedy_over_matrix), or
-    "reference" for the straightforward form (`evtp_select_reference`).
+    where available. backend: "auto"; on CUDA "torch" or "triton" to force the loop's form (see
+    greedy.greedy_over_matrix); "reference" for the straightforward form (`evtp_select_reference`).
     """
+    if backend not in ("auto", "torch", "triton", "reference"):
+        raise ValueError(f"backend must be auto, torch, triton or reference, got {backend!r}")
     p = _problem(features, coords, k, frame_ids, spatial_weight, info_weight, temporal_scale, temperature, mode)
     if backend == "reference":
         return _select_reference(p)
