@@ -72,7 +72,7 @@ def test_evtp_fast_equals_reference(frames, h, w, d, mode, setting):
         feats, coords = _sample(frames, h, w, d, seed)
         n = feats.shape[0]
         frame_ids = frame_index(coords)
-        for k in (1, n // 5, n // 2, n - 1):
+        for k in (1, n // 5, n - 1):
             fast, ref = _both(feats, coords, k, frame_ids, lam, beta, tau, mode)
             assert fast.tolist() == ref.tolist(), (seed, k)
 
