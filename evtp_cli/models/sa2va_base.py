@@ -7,10 +7,16 @@ The pipeline of one sample (batch size 1), following Sa2VA's `predict_forward`:
     decode  ("prefill") embed the prompt, scatter the visual tokens in, apply the pruning hook
                         (`hooks.prune_prefill`), run the LLM once with a fresh KV cache
             ("decode")  greedy decoding with the cache until an end token; the last hidden state of every
-                        fed [SEG] token is kept
+                        fed [SEG] token is kept (the first generated token's share is also timed, as
+                        "decode_first": the argmax of the prefill logits, for `ttft_ms`)
             ("mask")    [SEG] states -> `SegProjection` -> SAM2 prompts on the key frames -> propagation to
                         every frame -> masks, OR-ed over [SEG] tokens (as Sa2VA's RefCOCO evaluation does);
                         no [SEG] -> empty masks, as in the official evaluation
+
+Methods acting inside the model (`sa2va_inner.py`): a "vision" plan (VisionZip, FasterVLM, VisPruner,
+PruMerge+, ToMe) runs on the vision-space rows before the projector, inside the "select" stage, and its
+projected result continues as a pre-LLM plan; an "llm" plan (FastV, SparseVLM, DART) runs inside the
+prefill through forward pre-hooks on the decoder layers, which stay in place for the decoding.
 
 `pipeline=generate` instead runs transformers' own `generate` on the full inputs (pixel values and all),
 the way Sa2VA's remote code does, and takes the [SEG] states as its `get_seg_hidden_states` does; it is
@@ -41,6 +47,7 @@ from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models.base import IVSModel, Prediction, PrunePlan, VisualTokens
 from evtp_cli.models.hooks import PrunedPrefill, decode_position_ids, prune_prefill
+from evtp_cli.models.sa2va_inner import LLMPruneHooks, VisionSide
 from evtp_cli.models.sa2va_common import (
     SEG_TOKEN,
     SegProjection,
@@ -54,6 +61,7 @@ from evtp_cli.models.sa2va_common import (
 from evtp_cli.models.sa2va_sam2 import Sa2VAMaskDecoder, mask_downsampler_layers, sam2_config
 from evtp_cli.models.sa2va_weights import MappingError, NameMap, check_complete
 from evtp_cli.pruners.base import PruneContext
+from evtp_cli.pruners.stages import VisionState
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKPOINT_LAYOUT = (
@@ -125,6 +133,8 @@ class Sa2VAState:
     position_ids: torch.Tensor  # [1, L] or [3, 1, L] for the unpruned sequence
     next_position: int  # the first generated token's position in the unpruned sequence
     inputs: dict[str, Any] = field(default_factory=dict)  # family-specific (pixel values, grids)
+    coords: torch.Tensor | None = None  # [N, 3] of the visual tokens (for in-LLM methods)
+    vision: VisionSide | None = None  # what vision methods read (rows before the projector, attention, keys)
 
 
 @dataclass
@@ -133,6 +143,7 @@ class Prefill:
     cache: Any
     hidden: torch.Tensor  # [1, L', d] last hidden states
     logits: torch.Tensor  # [1, 1, V] for the last position (float32)
+    hooks: LLMPruneHooks | None = None  # an in-LLM method's hooks (visual tokens per layer in `counts`)
 
 
 @dataclass
@@ -252,6 +263,7 @@ class Sa2VABackend(IVSModel):
 
     family: ClassVar[str] = ""
     image_token: ClassVar[str] = ""
+    inner_stages = ("vision", "llm")
 
     def __init__(self, config: Sa2VAOptions):
         super().__init__(config)
@@ -304,6 +316,10 @@ class Sa2VABackend(IVSModel):
         raise NotImplementedError
 
     def _generate_kwargs(self, state: Sa2VAState) -> dict:
+        raise NotImplementedError
+
+    def _vision_side(self, inputs: dict) -> VisionSide:
+        """Rows before the projector, attention, keys and the projector for vision methods (lazy; `sa2va_inner`)."""
         raise NotImplementedError
 
     def _lm_kwargs(self, pruned: PrunedPrefill | None) -> dict:
@@ -434,13 +450,23 @@ class Sa2VABackend(IVSModel):
         }
 
     def prefill_flops(self, sequence_length: int) -> float:
+        """Analytic FLOPs (2 per multiply-add) of the LLM's decoder layers over a prompt of `sequence_length` tokens.
+
+        Per layer and token: the q/k/v/o projections, 2·d·(2·H·dh + 2·KV·dh) with KV the key/value heads
+        (grouped-query attention), and the SwiGLU MLP, 2·3·d·I. Per layer: causal attention scores and
+        the weighted sum of values, 2·2·H·dh·S²/2. Not counted: embeddings, norms, RoPE, softmax, biases
+        and the LM head (about 2·d·V for the one position whose logits the prefill reads). Linear in the
+        depth, so `prefill_flops(S) / depth` is one layer's share (the loop sums layers of unequal length).
+        """
         t = self.text_config
         d, layers, inter = t.hidden_size, t.num_hidden_layers, t.intermediate_size
-        head_dim = getattr(t, "head_dim", None) or d // t.num_attention_heads
-        kv = t.num_key_value_heads * head_dim
-        per_token = layers * (2 * (2 * d * d + 2 * d * kv) + 2 * 3 * d * inter)
-        attention = layers * 2 * 2 * d * sequence_length * sequence_length / 2
-        return float(per_token * sequence_length + attention)
+        heads = t.num_attention_heads
+        head_dim = getattr(t, "head_dim", None) or d // heads
+        q, kv = heads * head_dim, t.num_key_value_heads * head_dim
+        s = float(sequence_length)
+        per_token = 2 * d * (2 * q + 2 * kv) + 2 * 3 * d * inter
+        attention = 2 * 2 * q * s * s / 2
+        return float(layers * (per_token * s + attention))
 
     def prepare(self, sample: Sample) -> tuple[list[np.ndarray], list[int]]:
         """All frames as uint8 arrays and the key frames the LLM sees."""
@@ -464,32 +490,71 @@ class Sa2VABackend(IVSModel):
         text_rows = torch.ones(input_ids.shape[1], dtype=torch.bool, device=device)
         text_rows[visual_index] = False
         text_embeds = self.embed_tokens(input_ids[0, text_rows]).float()
-        state = Sa2VAState(frames, keys, input_ids, visual_index, features, position_ids, next_position, inputs)
-        context = PruneContext(frame_ids=frame_ids, text_embeds=text_embeds, extras={"backend": self.name})
-        return VisualTokens(features.float(), coords.to(device), frame_ids, context, state)
+        coords = coords.to(device)
+        side = self._vision_side(inputs)
+        state = Sa2VAState(frames, keys, input_ids, visual_index, features, position_ids, next_position, inputs, coords, side)
+        extras = {"backend": self.name, "attention_kind": side.kind, "key_heads": side.heads}
+        providers = {"attention": side.attention, "keys": side.keys}
+        context = PruneContext(frame_ids=frame_ids, text_embeds=text_embeds, extras=extras, providers=providers)
+        return VisualTokens(features.float(), coords, frame_ids, context, state)
 
     @torch.inference_mode()
     def decode(self, sample: Sample, tokens: VisualTokens, plan: PrunePlan, timer: StageTimer) -> Prediction:
-        if plan.inner is not None:
-            raise PrunerNotApplicable(f"{self.name} prunes between the projector and the LLM only (no hook inside the vision tower or the LLM)")
+        """Prefill, greedy decoding and masks; a vision plan is resolved first (timed as "select"), an llm
+        plan's hooks live through the prefill and the decoding. Extras: generated ids, prefill length,
+        decode steps, `visual_tokens_per_layer`, `text_tokens` (prompt tokens that are not visual)."""
         state: Sa2VAState = tokens.state
+        if plan.inner is not None and plan.inner_stage not in self.inner_stages:
+            raise PrunerNotApplicable(f"{self.name} has no {plan.inner_stage!r} hook; it has {', '.join(self.inner_stages)}")
+        extras: dict[str, Any] = {}
+        counts = None
         if self.config.pipeline == "generate":
-            if plan.keep is not None:
+            if plan.keep is not None or plan.inner is not None:
                 raise EvtpError(f"{self.name}: pipeline=generate is the unpruned reference; use pipeline=hooked to prune")
             with timer.stage("decode"):
                 gen = self.generate_reference(state)
             prefill_length = int(state.input_ids.shape[1])
         else:
-            with timer.stage("prefill"):
-                pre = self.prefill(state, plan)
-            with timer.stage("decode"):
-                gen = self.greedy(pre)
+            if plan.inner is not None and plan.inner_stage == "vision":
+                with timer.stage("select"):
+                    plan, info = self.vision_plan(tokens, plan)
+                extras.update(info)
+            with contextlib.ExitStack() as stack:  # an llm plan's hooks stay on the layers until decoding ends
+                with timer.stage("prefill"):
+                    pre = self.prefill(state, plan, stack)
+                with timer.stage("decode"):
+                    gen = self.greedy(pre, timer)
             prefill_length = pre.pruned.length
+            counts = pre.hooks.counts if pre.hooks is not None else None
         with timer.stage("mask"):
             masks = self.masks(state, gen.seg_hidden)
         text = self.tokenizer.decode(gen.ids, skip_special_tokens=False)
-        extras = {"generated_ids": gen.ids, "seg_tokens": len(gen.seg_hidden), "prefill_length": prefill_length, "decode_steps": gen.steps}
+        n_visual = int(state.visual_index.numel())
+        if counts is None:
+            counts = [n_visual if plan.keep is None else int(plan.keep.numel())] * self.llm_layers
+        extras.update({
+            "generated_ids": gen.ids, "seg_tokens": len(gen.seg_hidden), "prefill_length": prefill_length, "decode_steps": gen.steps,
+            "visual_tokens_per_layer": counts, "text_tokens": int(state.input_ids.shape[1]) - n_visual,
+        })  # fmt: skip
         return Prediction(masks=masks, text=text, extras=extras)
+
+    def vision_plan(self, tokens: VisualTokens, plan: PrunePlan) -> tuple[PrunePlan, dict]:
+        """A vision method on the rows before the projector -> the pre-LLM plan of its projected result.
+
+        Rows the method returns unchanged keep the encoder's own projected features (bit for bit what the
+        unpruned LLM input holds); merged rows go through the projector. A merged token takes the position
+        of its representative index, as pre-LLM merging methods do.
+        """
+        state: Sa2VAState = tokens.state
+        side = state.vision
+        rows = side.rows()
+        merged = plan.inner(VisionState(rows, tokens.coords, tokens.context))
+        index = merged.indices.to(rows.device)
+        features = state.features[index].clone()
+        changed = ~(merged.features.to(rows.dtype) == rows[index]).all(dim=1)
+        if bool(changed.any()):
+            features[changed] = side.project(merged.features[changed]).to(features.dtype)
+        return PrunePlan(keep=index, features=features, coords=merged.coords), dict(merged.info)
 
     # ---- the LLM ----------------------------------------------------------------------------------
 
@@ -506,26 +571,47 @@ class Sa2VABackend(IVSModel):
         return embeds
 
     @torch.inference_mode()
-    def prefill(self, state: Sa2VAState, plan: PrunePlan) -> Prefill:
-        """Merged embeddings -> pruning hook -> one LLM pass with a fresh KV cache."""
+    def prefill(self, state: Sa2VAState, plan: PrunePlan, stack: contextlib.ExitStack | None = None) -> Prefill:
+        """Merged embeddings -> pruning hook -> one LLM pass with a fresh KV cache.
+
+        An llm plan (`plan.inner_stage == "llm"`) prunes inside this pass through `LLMPruneHooks` on the
+        decoder layers; they are entered on `stack`, which must stay open through the decoding (the hooks
+        then drop the attention mask, see `sa2va_inner`). Its kept tokens keep their original positions.
+        """
+        in_llm = plan.inner is not None and plan.inner_stage == "llm"
         pruned = prune_prefill(
             self.merged_embeddings(state), state.position_ids, state.visual_index, state.next_position,
             keep=plan.keep, features=plan.features, positions=self.config.positions,
         )
+        hooks = None
+        if in_llm:
+            if stack is None:
+                raise ValueError("an in-LLM plan needs an ExitStack that stays open through the decoding")
+            lm = self.language_model
+            layers = lm.layers[: self.llm_layers]
+            hooks = stack.enter_context(LLMPruneHooks(layers, plan, lm.norm, pruned.inputs_embeds, state.visual_index, state.coords))
         cache = new_cache(self.text_config)
         out = self._run_lm(pruned.inputs_embeds, pruned.position_ids, pruned.attention_mask, cache, self._lm_kwargs(pruned))
+        if hooks is not None:
+            hooks.end_prefill()
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden[:, -1:]).float()
-        return Prefill(pruned, cache, hidden, logits)
+        return Prefill(pruned, cache, hidden, logits, hooks)
 
     @torch.inference_mode()
-    def greedy(self, pre: Prefill) -> Generation:
-        """Greedy decoding after a (possibly pruned) prefill; cache and mask hold only computed positions."""
+    def greedy(self, pre: Prefill, timer: StageTimer | None = None) -> Generation:
+        """Greedy decoding after a (possibly pruned) prefill; cache and mask hold only computed positions.
+
+        With a timer, the first generated token (the argmax of the prefill logits) is timed as "decode_first".
+        """
         gen = Generation([], [], [pre.logits[0, -1]])
         logits = pre.logits
         device = pre.logits.device
-        for step in range(self.config.max_new_tokens):
+        with timer.stage("decode_first") if timer is not None else contextlib.nullcontext():
             token = int(torch.argmax(logits[0, -1]))
+        for step in range(self.config.max_new_tokens):
+            if step:
+                token = int(torch.argmax(logits[0, -1]))
             gen.ids.append(token)
             if token in self.stop_ids or len(gen.ids) >= self.config.max_new_tokens:
                 break

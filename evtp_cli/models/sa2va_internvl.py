@@ -15,6 +15,15 @@ packed sequences, so the prefill then passes explicit `cu_seq_lens_*` for the on
 Coordinates for pruners: a tile's 16x16 token grid (row-major after the pixel shuffle) is placed on the
 tile's cell of the image; thumbnail tokens cover the whole image (`extras["thumbnail"]` marks them); video
 frames get t = k / (K - 1).
+
+Vision methods (`_vision_side`): the rows of `multi_modal_projector`'s input (pixel-shuffled, 4 patches
+side by side) are one per visual token. InternViT has a [CLS] token (dropped before the pixel shuffle):
+`attention` is the [CLS] query's attention to each patch, averaged over heads, in the vision layer whose
+output the features are (`vision_feature_layer`, the last one in every Sa2VA), recomputed from that
+layer's q/k; `keys` are that layer's patch keys (heads side by side). Both are pixel-shuffled like the
+features and averaged over each token's 4 patches.
+
+Tiny preset: 4 decoder layers (so FastV's and DART's K = 2 has layers on both sides).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from evtp_cli.errors import EvtpError
+from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.models.hooks import PrunedPrefill
 from evtp_cli.models.sa2va_base import OUT_OF_SCOPE, Sa2VABackend, Sa2VAOptions, Sa2VAState, pooled
 from evtp_cli.models.sa2va_common import (
@@ -41,6 +50,7 @@ from evtp_cli.models.sa2va_common import (
     token_id,
     with_time,
 )
+from evtp_cli.models.sa2va_inner import VisionSide, capture_inputs, cls_received, first_input, once
 from evtp_cli.models.sa2va_weights import NameMap, internvl_map
 
 # InternViT-300M-448px(-V2_5), the vision tower of Sa2VA-1B/4B and Sa2VA-InternVL3-2B/8B
@@ -62,7 +72,7 @@ _LLM_DROP = {"_name_or_path", "auto_map", "architectures", "transformers_version
 
 
 class Sa2VAInternVL(Sa2VABackend):
-    """Sa2VA-1B/4B and Sa2VA-InternVL3-2B/8B/14B (InternVL + SAM2) with a pre-LLM pruning hook."""
+    """Sa2VA-1B/4B and Sa2VA-InternVL3-2B/8B/14B (InternVL + SAM2) with pre-LLM, vision and in-LLM pruning hooks."""
 
     name = "sa2va-internvl"
     family = "internvl"
@@ -102,7 +112,7 @@ class Sa2VAInternVL(Sa2VABackend):
         if preset == "tiny-random":
             vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=[28, 28],
                           patch_size=[7, 7], attention_bias=True)
-            text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                         vocab_size=len(tokenizer), max_position_embeddings=4096)
             sam = "tiny"
         else:
@@ -197,16 +207,73 @@ class Sa2VAInternVL(Sa2VABackend):
         device = self.device
         pixel_values = normalise(np.stack(tiles), IMAGENET_MEAN, IMAGENET_STD).to(device=device, dtype=self.dtype)
         vlm_config = self.net.vlm.config
-        out = self.net.vlm.model.get_image_features(
-            pixel_values=pixel_values,
-            vision_feature_layer=vlm_config.vision_feature_layer,
-            vision_feature_select_strategy=vlm_config.vision_feature_select_strategy,
-        )
-        inputs = {"pixel_values": pixel_values, "thumbnail": torch.cat(thumbs).to(device)}
+        model = self.net.vlm.model
+        watch = {"projector": model.multi_modal_projector}
+        if self.attention_layer is not None:
+            watch["attn"] = model.vision_tower.encoder.layer[self.attention_layer].attention
+        with capture_inputs(watch) as captured:
+            out = model.get_image_features(
+                pixel_values=pixel_values,
+                vision_feature_layer=vlm_config.vision_feature_layer,
+                vision_feature_select_strategy=vlm_config.vision_feature_select_strategy,
+            )
+        inputs = {"pixel_values": pixel_values, "thumbnail": torch.cat(thumbs).to(device), "captured": captured}
         return pooled(out), torch.cat(coords), torch.cat(frame_ids).to(device), blocks, inputs
 
     def _prompt(self, instruction_text: str, tokens_per_block: list[int]) -> str:
         return internvl_prompt(instruction_text, tokens_per_block)
+
+    @property
+    def attention_layer(self) -> int | None:
+        """The InternViT layer whose output the features are (`vision_feature_layer`; hidden state i is layer i-1's output)."""
+        depth = int(self.net.vlm.config.vision_config.num_hidden_layers)
+        layer = int(self.net.vlm.config.vision_feature_layer) % (depth + 1) - 1
+        return layer if layer >= 0 else None
+
+    def _vision_side(self, inputs: dict) -> VisionSide:
+        model = self.net.vlm.model
+        captured = inputs["captured"]
+        ratio = float(self.net.vlm.config.downsample_ratio)
+        projector = model.multi_modal_projector
+
+        def shuffle(values: torch.Tensor) -> torch.Tensor:
+            """[tiles, P, c] per patch (no [CLS]) -> [tiles * P / 4, 4, c]: the patches of each visual token."""
+            tiles, patches, c = values.shape
+            side = int(round(patches**0.5))
+            grid = model.pixel_shuffle(values.reshape(tiles, side, side, c).contiguous(), scale_factor=ratio)
+            return grid.reshape(-1, int(round(1 / ratio**2)), c)
+
+        @once
+        def qk() -> tuple[torch.Tensor, torch.Tensor]:  # [tiles, H, 1 + P, dh], [CLS] first
+            if "attn" not in captured:
+                raise PrunerNotApplicable("InternVL features taken from the patch embeddings have no vision attention to read")
+            attn = model.vision_tower.encoder.layer[self.attention_layer].attention
+            x = first_input(captured["attn"])
+            b, n, _ = x.shape
+            q = attn.q_norm(attn.q_proj(x)).reshape(b, n, attn.num_heads, -1).transpose(1, 2)
+            k = attn.k_norm(attn.k_proj(x)).reshape(b, n, attn.num_heads, -1).transpose(1, 2)
+            return q, k
+
+        @once
+        def attention() -> torch.Tensor:
+            return shuffle(cls_received(*qk())[..., None]).mean(dim=(1, 2))
+
+        @once
+        def keys() -> torch.Tensor:
+            k = qk()[1][:, :, 1:].float()
+            return shuffle(k.permute(0, 2, 1, 3).flatten(2)).mean(1)
+
+        @once
+        def rows() -> torch.Tensor:
+            x = first_input(captured["projector"], "image_features")
+            return x.reshape(-1, x.shape[-1]).float()
+
+        @torch.inference_mode()
+        def project(values: torch.Tensor) -> torch.Tensor:
+            return projector(values.to(projector.linear_1.weight.dtype))
+
+        heads = int(self.net.vlm.config.vision_config.num_attention_heads)
+        return VisionSide(rows, attention, keys, project, "cls", heads)
 
     def encode(self, sample, timer):
         tokens = super().encode(sample, timer)

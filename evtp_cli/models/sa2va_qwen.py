@@ -14,11 +14,22 @@ to the text model as [3, 1, L] (no text-position row), so no packed-sequence mas
 
 Coordinates for pruners: image k of K key frames, merged grid (gh/2, gw/2) row-major (the order of
 `patchify` + `PatchMerger`), t = k / (K - 1), (y, x) the cell centres in [0, 1] of the whole frame.
+
+Vision methods (`_vision_side`): the tower runs its blocks on patches in window order; the merger's
+input after `ln_q`, with the 4 patches of each 2x2 merge unit side by side and put back in the LLM's
+order (`argsort` of the window index, as `PatchMerger`'s output is), gives one row per visual token.
+Qwen2.5-VL's tower has no [CLS]: `attention` is the mean attention each patch receives within its image
+in the last full-attention block (`fullatt_block_indexes[-1]`; the windowed blocks only see their
+window), recomputed from that block's qkv and vision RoPE, averaged over each token's 4 patches; `keys`
+are that block's keys (heads side by side), averaged the same way.
+
+Tiny preset: 4 decoder layers (so FastV's and DART's K = 2 has layers on both sides).
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -29,6 +40,7 @@ import torch
 from evtp_cli.errors import EvtpError
 from evtp_cli.models.sa2va_base import OUT_OF_SCOPE, Sa2VABackend, Sa2VAOptions, Sa2VAState, pooled
 from evtp_cli.models.sa2va_common import QwenPatching, frame_time, grid_yx, qwen_patches, qwen_prompt, token_id, with_time
+from evtp_cli.models.sa2va_inner import VisionSide, capture_inputs, first_input, mean_received, once
 from evtp_cli.models.sa2va_weights import NameMap, qwen_map
 
 # real Qwen2.5-VL shapes (Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct configs)
@@ -40,8 +52,18 @@ _TEXT = {
 }
 
 
+def qwen_window_index(visual, grid_thw: torch.Tensor) -> torch.Tensor:
+    """The tower's window order of the merge units (transformers 5: `vision_utils`; 4.x: a method of the tower)."""
+    if hasattr(visual, "get_window_index"):
+        return visual.get_window_index(grid_thw)[0]
+    from transformers.vision_utils import get_vision_window_index
+
+    c = visual.config
+    return get_vision_window_index(grid_thw, spatial_merge_size=c.spatial_merge_size, window_size=c.window_size, patch_size=c.patch_size)[0]
+
+
 class Sa2VAQwen(Sa2VABackend):
-    """Sa2VA-Qwen2.5-VL-3B/7B (Qwen2.5-VL + SAM2) with a pre-LLM pruning hook that keeps M-RoPE positions."""
+    """Sa2VA-Qwen2.5-VL-3B/7B (Qwen2.5-VL + SAM2): pre-LLM, vision and in-LLM pruning hooks that keep M-RoPE positions."""
 
     name = "sa2va-qwen"
     family = "qwen"
@@ -84,7 +106,7 @@ class Sa2VAQwen(Sa2VABackend):
         from transformers import Qwen2_5_VLConfig
 
         if preset == "tiny-random":
-            text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                         rope_theta=10000.0, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
             vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
@@ -138,13 +160,65 @@ class Sa2VAQwen(Sa2VABackend):
         device = self.device
         pixel_values = torch.cat(rows).to(device=device, dtype=self.dtype)
         grid_thw = torch.tensor(grids, dtype=torch.long, device=device)
-        features = pooled(self.net.vlm.model.get_image_features(pixel_values, grid_thw))
+        visual = self.net.vlm.model.visual
+        with capture_inputs({"merger": visual.merger, "attn": visual.blocks[self.attention_block].attn}) as captured:
+            features = pooled(self.net.vlm.model.get_image_features(pixel_values, grid_thw))
         blocks = [int(g[1] * g[2]) // merge**2 for g in grids]
-        inputs = {"pixel_values": pixel_values, "image_grid_thw": grid_thw}
+        inputs = {"pixel_values": pixel_values, "image_grid_thw": grid_thw, "captured": captured}
         return features, torch.cat(coords), torch.cat(frame_ids).to(device), blocks, inputs
 
     def _prompt(self, instruction_text: str, tokens_per_block: list[int]) -> str:
         return qwen_prompt(instruction_text, tokens_per_block)
+
+    @property
+    def attention_block(self) -> int:
+        """The vision block vision methods read: the last full-attention one (the last block if none is)."""
+        visual = self.net.vlm.model.visual
+        full = list(getattr(visual.config, "fullatt_block_indexes", None) or [])
+        return max(full) if full else len(visual.blocks) - 1
+
+    def _vision_side(self, inputs: dict) -> VisionSide:
+        visual = self.net.vlm.model.visual
+        captured, grid = inputs["captured"], inputs["image_grid_thw"]
+        attn = visual.blocks[self.attention_block].attn
+        unit = visual.spatial_merge_size**2
+        merger = visual.merger
+
+        @once
+        def order() -> torch.Tensor:  # window order -> the LLM's order, per merge unit
+            return torch.argsort(qwen_window_index(visual, grid).to(grid.device))
+
+        @once
+        def qk() -> tuple[torch.Tensor, torch.Tensor]:  # [P, H, dh] after the vision RoPE, window order
+            x = first_input(captured["attn"])
+            n = x.shape[0]
+            q, k, _ = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+            cos, sin = captured["attn"][1]["position_embeddings"]
+            rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
+            return rotary(q, k, cos, sin)
+
+        @once
+        def attention() -> torch.Tensor:
+            q, k = qk()
+            cu = captured["attn"][1]["cu_seqlens"].tolist()  # one image per span in a full-attention block
+            parts = [mean_received(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1)) for a, b in zip(cu[:-1], cu[1:])]
+            return torch.cat(parts).view(-1, unit).mean(1)[order()]
+
+        @once
+        def keys() -> torch.Tensor:
+            k = qk()[1].float()
+            return k.reshape(k.shape[0] // unit, unit, -1).mean(1)[order()]
+
+        @once
+        def rows() -> torch.Tensor:
+            x = first_input(captured["merger"], "x")
+            return merger.ln_q(x).view(-1, merger.hidden_size)[order()].float()
+
+        @torch.inference_mode()
+        def project(values: torch.Tensor) -> torch.Tensor:
+            return merger.mlp(values.to(merger.mlp[0].weight.dtype))
+
+        return VisionSide(rows, attention, keys, project, "mean-received", int(attn.num_heads))
 
     # ---- positions --------------------------------------------------------------------------------
 
