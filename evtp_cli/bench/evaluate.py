@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import torch
 
 from evtp_cli.bench.results import LATENCY_COLUMNS, SampleLog
 from evtp_cli.data.base import Dataset, Sample
@@ -51,6 +52,8 @@ class SampleOutcome:
     tokens_kept: int | None = None
     reason: str | None = None
     tokens_equiv: float | None = None  # layer-averaged visual tokens in the LLM (SparseVLM-style count)
+    mem_peak_mb: float | None = None  # CUDA peak allocated memory of the sample (None on the CPU)
+    gflops_prefill: float | None = None  # analytic prefill GFLOPs of the sample (None where the model has no formula)
 
 
 def sample_seed(seed: int, sample_id: str) -> int:
@@ -66,7 +69,17 @@ def run_sample(model: IVSModel, sample: Sample, pruner: Any | None, ratio: float
     PrunerNotApplicable where the backend has no such hook. Tokens kept: the visual tokens the LLM
     carries after the method's pruning point (its last layer's count where the backend reports one);
     `prediction.extras["tokens_equiv"]` is the count averaged over the LLM's layers.
+
+    Also: stage ms["ttft"] = vision + select + prefill + the decode stage's share until the first
+    generated token (`decode_first` where the backend times it, else the whole decode stage, as in
+    tiny-ivs whose one decode step is its first token); extras "mem_peak_mb" (CUDA: peak allocated
+    memory of this sample, the peak statistics reset at its start; None on the CPU) and
+    "gflops_prefill" (`model.prefill_flops` summed over the LLM's layers, layer l's share at its own
+    length: visual tokens it carried + the prompt's text tokens, `extras["text_tokens"]` or TEXT_TOKENS).
     """
+    cuda = torch.device(model.device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(model.device)
     timer = StageTimer(str(model.device))
     tokens = model.encode(sample, timer)
     n = tokens.count
@@ -98,7 +111,23 @@ def run_sample(model: IVSModel, sample: Sample, pruner: Any | None, ratio: float
         prediction.extras["tokens_equiv"] = float(statistics.mean(per_layer))
     else:
         prediction.extras["tokens_equiv"] = float(kept)
-    return prediction, timer.result(), n, kept
+    ms = timer.result()
+    first = ms.get("decode_first", ms["decode"])
+    ms["ttft"] = ms["vision"] + ms["select"] + ms["prefill"] + first
+    prediction.extras["mem_peak_mb"] = torch.cuda.max_memory_allocated(model.device) / 2**20 if cuda else None
+    prediction.extras["gflops_prefill"] = prefill_gflops(model, per_layer or [kept], prediction.extras.get("text_tokens", TEXT_TOKENS))
+    return prediction, ms, n, kept
+
+
+def prefill_gflops(model: IVSModel, per_layer: list[int], text_tokens: int) -> float | None:
+    """Analytic prefill GFLOPs with layer l at its own length (per_layer[l] visual + text tokens).
+
+    `model.prefill_flops(S)` counts all layers at length S and is linear in the depth, so one layer's
+    share is prefill_flops(S) / depth; a single count stands for every layer.
+    """
+    if model.prefill_flops(1) is None:
+        return None
+    return sum(model.prefill_flops(int(c) + int(text_tokens)) for c in per_layer) / len(per_layer) / 1e9
 
 
 def score_sample(sample: Sample, masks: np.ndarray, iou: IoUAccumulator, jf: JFAccumulator) -> dict[str, float]:
@@ -148,6 +177,8 @@ class _Accumulators:
     tokens_total: list[int] = field(default_factory=list)
     tokens_kept: list[int] = field(default_factory=list)
     tokens_equiv: list[float] = field(default_factory=list)
+    mem_peak_mb: list[float | None] = field(default_factory=list)
+    gflops_prefill: list[float | None] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     not_applicable: str | None = None
     writer: Any | None = None  # a SubmissionWriter when predictions are saved
@@ -249,15 +280,18 @@ def evaluate_dataset(
                 break
     rows = []
     for acc in accs:
-        row = _row(acc.setting, dataset, acc.iou, acc.jf, acc.timings, acc.tokens_total, acc.tokens_kept, acc.failed, acc.tokens_equiv)
+        row = _row(
+            acc.setting, dataset, acc.iou, acc.jf, acc.timings, acc.tokens_total, acc.tokens_kept, acc.failed, acc.tokens_equiv,
+            acc.mem_peak_mb, acc.gflops_prefill,
+        )  # fmt: skip
         if acc.not_applicable is not None:
             row["not_applicable"] = acc.not_applicable
         if acc.extra is not None and acc.timings:
             row.update(acc.extra.compute())
         if acc.writer is not None and acc.writer.count:
             row["predictions_zip"] = str(acc.writer.finish())
-        if acc.tokens_kept and model.prefill_flops(1) is not None:
-            row["gflops_prefill"] = model.prefill_flops(int(round(statistics.mean(acc.tokens_equiv or acc.tokens_kept))) + TEXT_TOKENS) / 1e9
+        if row["gflops_prefill"] is None and acc.tokens_kept and model.prefill_flops(1) is not None:  # records without it
+            row["gflops_prefill"] = prefill_gflops(model, [int(round(statistics.mean(acc.tokens_equiv or acc.tokens_kept)))], TEXT_TOKENS)
         rows.append(row)
     return rows
 
@@ -291,7 +325,10 @@ def _evaluate_one(model: IVSModel, sample: Sample, acc: _Accumulators, seed: int
     acc.tokens_kept.append(kept)
     equiv = float(prediction.extras.get("tokens_equiv", kept))
     acc.tokens_equiv.append(equiv)
-    return SampleOutcome(sample.id, True, metrics, ms, total, kept, tokens_equiv=equiv)
+    mem, gflops = prediction.extras.get("mem_peak_mb"), prediction.extras.get("gflops_prefill")
+    acc.mem_peak_mb.append(mem)
+    acc.gflops_prefill.append(gflops)
+    return SampleOutcome(sample.id, True, metrics, ms, total, kept, tokens_equiv=equiv, mem_peak_mb=mem, gflops_prefill=gflops)
 
 
 def _record(setting: Setting, dataset: Dataset, outcome: SampleOutcome, index: int | None = None) -> dict[str, Any]:
@@ -310,6 +347,8 @@ def _record(setting: Setting, dataset: Dataset, outcome: SampleOutcome, index: i
         rec["tokens_total"] = outcome.tokens_total
         rec["tokens_kept"] = outcome.tokens_kept
         rec["tokens_equiv"] = outcome.tokens_equiv
+        rec["mem_peak_mb"] = outcome.mem_peak_mb
+        rec["gflops_prefill"] = outcome.gflops_prefill
     else:
         rec["reason"] = outcome.reason
     return rec
@@ -368,7 +407,12 @@ def _replay(acc: _Accumulators, rec: dict[str, Any]) -> SampleOutcome | None:
     acc.tokens_kept.append(rec.get("tokens_kept"))
     equiv = rec.get("tokens_equiv", rec.get("tokens_kept"))
     acc.tokens_equiv.append(equiv)
-    return SampleOutcome(rec["id"], True, metrics, ms, rec.get("tokens_total"), rec.get("tokens_kept"), tokens_equiv=equiv)
+    mem, gflops = rec.get("mem_peak_mb"), rec.get("gflops_prefill")
+    acc.mem_peak_mb.append(mem)
+    acc.gflops_prefill.append(gflops)
+    return SampleOutcome(
+        rec["id"], True, metrics, ms, rec.get("tokens_total"), rec.get("tokens_kept"), tokens_equiv=equiv, mem_peak_mb=mem, gflops_prefill=gflops
+    )
 
 
 def _replay_extra(extra: Any, rec: dict[str, Any]) -> None:
@@ -393,7 +437,9 @@ def _median(values: Iterable[float]) -> float | None:
     return float(statistics.median(values)) if values else None
 
 
-def _row(setting, dataset, iou, jf, timings, tokens_total, tokens_kept, failed, tokens_equiv=None) -> dict[str, Any]:
+def _row(setting, dataset, iou, jf, timings, tokens_total, tokens_kept, failed, tokens_equiv=None, mem_peak_mb=None, gflops_prefill=None) -> dict[str, Any]:
+    """One result row. Latencies (and ttft_ms) are medians over samples; mem_peak_mb is the largest
+    sample peak (the memory the setting needs); gflops_prefill the mean over samples (None where unknown)."""
     task = dataset.task
     row: dict[str, Any] = {
         "model": setting.model,
@@ -417,6 +463,11 @@ def _row(setting, dataset, iou, jf, timings, tokens_total, tokens_kept, failed, 
     for stage in STAGES:
         row[f"ms_{stage}"] = _median(t[stage] for t in timings)
     row["ms_total"] = _median(t["total"] for t in timings)
+    row["ttft_ms"] = _median(t["ttft"] for t in timings if t.get("ttft") is not None)
+    mems = [m for m in (mem_peak_mb or []) if m is not None]
+    row["mem_peak_mb"] = float(max(mems)) if mems else None
+    flops = [g for g in (gflops_prefill or []) if g is not None]
+    row["gflops_prefill"] = float(np.mean(flops)) if flops else None
     row["failed_ids"] = failed
     return row
 

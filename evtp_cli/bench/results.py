@@ -22,6 +22,10 @@ from evtp_cli.errors import EvtpError
 
 METRIC_COLUMNS = ("giou", "ciou", "J", "F", "JF", "A", "R")  # A, R: ReVOS only
 LATENCY_COLUMNS = ("ms_vision", "ms_select", "ms_prefill", "ms_decode", "ms_mask", "ms_total")
+# after `speedup` (docs/performance.md, "What each latency figure includes"): time to the first generated
+# token (median ms), CUDA peak memory (MB, null on the CPU), analytic prefill GFLOPs, the prefill-only
+# speed-up against the unpruned reference, and the layer-averaged visual-token count
+EFFICIENCY_COLUMNS = ("ttft_ms", "mem_peak_mb", "gflops_prefill", "speedup_prefill", "tokens_equiv")
 ROW_COLUMNS = (
     "model",
     "dataset",
@@ -36,6 +40,7 @@ ROW_COLUMNS = (
     *METRIC_COLUMNS,
     *LATENCY_COLUMNS,
     "speedup",
+    *EFFICIENCY_COLUMNS,
 )
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
