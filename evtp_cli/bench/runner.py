@@ -36,6 +36,7 @@ class RunConfig:
     resume: bool = False  # reuse the finished samples of the same configuration in `output`
     overwrite: bool = False  # replace whatever run `output` holds
     max_failures: int | None = None  # stop (TooManyFailures) once more samples than this failed
+    warmup: int = 1  # the first N samples of each dataset run once untimed before their timed run
 
 
 class TooManyFailures(EvtpError):
@@ -97,6 +98,8 @@ def validate(config: RunConfig) -> None:
     parse_ratios(config.ratios)
     if config.limit is not None and config.limit < 1:
         raise EvtpError(f"--limit must be >= 1, got {config.limit}")
+    if config.warmup < 0:
+        raise EvtpError(f"--warmup must be >= 0, got {config.warmup}")
     if config.max_failures is not None and config.max_failures < 0:
         raise EvtpError(f"--max-failures must be >= 0, got {config.max_failures}")
     if config.resume and config.overwrite:
@@ -253,6 +256,7 @@ def _evaluate_all(config, shard, datasets, out, meta, done, progress, advance, g
                 dataset_rows = evaluate_dataset(
                     model, dataset, settings, seed=config.seed, limit=config.limit, log=log, on_sample=note,
                     prediction_writer=writer, score=not config.predict_only, indices=mine, done=done, failures=budget,
+                    warmup=config.warmup,
                 )
                 if shard.sharded:
                     shard.barrier()  # every rank's records of this dataset are written

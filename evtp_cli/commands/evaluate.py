@@ -88,6 +88,7 @@ def prune_eval(
     resume: bool = opt.Resume,
     overwrite: bool = opt.Overwrite,
     max_failures: Optional[int] = opt.MaxFailures,
+    warmup: int = opt.Warmup,
 ) -> None:
     """Evaluate one model × dataset(s) × one pruner at one keep ratio, beside the no-pruning reference.
 
@@ -101,7 +102,7 @@ def prune_eval(
     output = output or _default_output("prune-eval")
     config = RunConfig(
         models=[model], datasets=datasets, pruners=[pruner], ratios=[ratio], output=output, limit=limit, seed=seed, device=device,
-        frames=frames, predict_only=predict_only, resume=resume, overwrite=overwrite, max_failures=max_failures,
+        frames=frames, predict_only=predict_only, resume=resume, overwrite=overwrite, max_failures=max_failures, warmup=warmup,
     )
     outcome = _run_with_progress(config)
     if outcome.main:
@@ -126,6 +127,7 @@ def sweep_ratios(
     resume: bool = opt.Resume,
     overwrite: bool = opt.Overwrite,
     max_failures: Optional[int] = opt.MaxFailures,
+    warmup: int = opt.Warmup,
 ) -> None:
     """Models × datasets × pruners × keep ratios, with one no-pruning reference per model × dataset.
 
@@ -150,6 +152,7 @@ def sweep_ratios(
         resume=resume,
         overwrite=overwrite,
         max_failures=max_failures,
+        warmup=warmup,
     )
     outcome = _run_with_progress(config)
     if outcome.main:

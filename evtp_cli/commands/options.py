@@ -24,6 +24,9 @@ Overwrite = typer.Option(False, "--overwrite", help="Replace the run --output ho
 MaxFailures = typer.Option(
     None, "--max-failures", help="Stop (exit code 3) once more than N samples failed, after writing what finished; default: no limit."
 )
+Warmup = typer.Option(
+    1, "--warmup", min=0, help="Run the first N samples of each dataset once untimed before timing them (lazy initialisation, CUDA kernels, autotuning); 0 times every first run."
+)
 Frames = typer.Option(
     None, "--frames", help="Key frames the LLM sees in a video: first-K (Sa2VA protocol) or uniform-K; default: the model's own. Masks are scored on all frames."
 )
