@@ -7,6 +7,9 @@ For each model it builds the real-size random preset, then on a synthetic 1008 p
   masks) on the image;
 - times ratio 1.0 (no pruning) and ratio 0.2 (EVTP) per stage with CUDA events after a warm-up run
   (median of `--repeats` runs), and prints the stage table with the speed-up against ratio 1.0;
+- times one vision-stage and one in-LLM baseline at 0.2 the same way (`--extra-pruners`, default
+  visionzip and fastv: pruning before the projector vs inside the LLM after layer 2), with time to
+  the first token, analytic prefill GFLOPs and peak memory per row;
 - with flash-attn installed (full mode), re-times the image at both ratios with attn=flash_attention_2
   and checks that it generates the same ids as sdpa.
 
@@ -44,6 +47,7 @@ def parse_args(argv):
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--ratios", nargs="*", type=float, default=[1.0, 0.2])
     p.add_argument("--pruner", default="evtp")
+    p.add_argument("--extra-pruners", nargs="*", default=["visionzip", "fastv"], help="baselines also timed at the lowest ratio below 1")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per setting (default 3, --quick 1)")
     p.add_argument("--budget", type=float, default=None, help="seconds; models not started by then are skipped (default 420, --quick 240)")
     p.add_argument("--output", default=None, help="folder for gpu_check.json (default runs/gpu-check-<time>)")
@@ -92,6 +96,7 @@ class Row:
     model: str
     input: str
     attn: str
+    pruner: str
     ratio: float
     tokens_total: int
     tokens_kept: int
@@ -100,6 +105,8 @@ class Row:
     ms: dict
     speedup: float | None = None
     prefill_speedup: float | None = None
+    gflops_prefill: float | None = None
+    mem_peak_mb: float | None = None
 
 
 def measure(model, sample, pruner, ratio: float, repeats: int, label: str) -> Row:
@@ -109,10 +116,12 @@ def measure(model, sample, pruner, ratio: float, repeats: int, label: str) -> Ro
     run_sample(model, sample, use, ratio, 0)  # warm-up (allocations, kernels, autotuning)
     runs = [run_sample(model, sample, use, ratio, 0) for _ in range(repeats)]
     prediction, _, total, kept = runs[-1]
-    ms = {stage: statistics.median(r[1][stage] for r in runs) for stage in STAGES}
-    ms["total"] = statistics.median(r[1]["total"] for r in runs)
+    ms = {stage: statistics.median(r[1][stage] for r in runs) for stage in (*STAGES, "total", "ttft")}
     extras = prediction.extras
-    return Row(model.name, label, model.config.attn, ratio, total, kept, extras["prefill_length"], extras["decode_steps"], ms)
+    name = "none" if use is None else pruner.name
+    mem = max((r[0].extras.get("mem_peak_mb") or 0.0) for r in runs) or None
+    return Row(model.name, label, model.config.attn, name, ratio, total, kept, extras["prefill_length"], extras["decode_steps"], ms,
+               gflops_prefill=extras.get("gflops_prefill"), mem_peak_mb=mem)
 
 
 def hook_equivalence(model, sample) -> dict:
@@ -151,28 +160,30 @@ def set_video_mode(model, on: bool, saved: dict, tiny: bool) -> None:
 
 def add_speedups(rows: list[Row]) -> None:
     for row in rows:
-        ref = next((r for r in rows if (r.model, r.input, r.attn) == (row.model, row.input, row.attn) and r.ratio >= 1.0), None)
+        ref = next((r for r in rows if (r.model, r.input, r.attn) == (row.model, row.input, row.attn) and r.pruner == "none"), None)
         if ref is not None and row.ms["total"] > 0:
             row.speedup = ref.ms["total"] / row.ms["total"]
             row.prefill_speedup = ref.ms["prefill"] / row.ms["prefill"] if row.ms["prefill"] > 0 else None
 
 
 def table(rows: list[Row]) -> str:
-    head = f"{'model':<34} {'input':<6} {'attn':<6} {'ratio':>5} {'tokens':>11} {'seq':>6} " + " ".join(f"{s:>8}" for s in STAGES)
-    head += f" {'total':>8} {'ms/tok':>7} {'speedup':>8} {'prefill×':>8}"
+    head = f"{'model':<34} {'input':<6} {'attn':<6} {'pruner':<9} {'ratio':>5} {'tokens':>11} {'seq':>6} " + " ".join(f"{s:>8}" for s in STAGES)
+    head += f" {'total':>8} {'ttft':>8} {'ms/tok':>7} {'speedup':>8} {'prefill×':>8} {'GFLOPs':>8} {'mem MB':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         per_token = r.ms["decode"] / r.decode_steps if r.decode_steps else float("nan")
-        line = f"{r.model:<34} {r.input:<6} {r.attn[:6]:<6} {r.ratio:>5.2f} {f'{r.tokens_kept}/{r.tokens_total}':>11} {r.prefill_length:>6} "
-        line += " ".join(f"{r.ms[s]:>8.1f}" for s in STAGES) + f" {r.ms['total']:>8.1f} {per_token:>7.1f}"
+        line = f"{r.model:<34} {r.input:<6} {r.attn[:6]:<6} {r.pruner[:9]:<9} {r.ratio:>5.2f} {f'{r.tokens_kept}/{r.tokens_total}':>11} {r.prefill_length:>6} "
+        line += " ".join(f"{r.ms[s]:>8.1f}" for s in STAGES) + f" {r.ms['total']:>8.1f} {r.ms['ttft']:>8.1f} {per_token:>7.1f}"
         line += f" {r.speedup or float('nan'):>7.2f}× {r.prefill_speedup or float('nan'):>7.2f}×"
+        line += f" {r.gflops_prefill or float('nan'):>8.4g} {r.mem_peak_mb or float('nan'):>8.0f}"
         lines.append(line)
     return "\n".join(lines)
 
 
-def run_model(spec, args, image, video, pruner, rows, notes, env) -> None:
+def run_model(spec, args, image, video, pruner, rows, notes, env, extra=()) -> None:
     import torch
 
+    from evtp_cli.errors import PrunerNotApplicable
     from evtp_cli.metrics.timing import StageTimer
     from evtp_cli.models import load_model
     from evtp_cli.models.base import PrunePlan
@@ -194,11 +205,17 @@ def run_model(spec, args, image, video, pruner, rows, notes, env) -> None:
         if name == "video":
             set_video_mode(model, True, saved, args.tiny)
         try:
-            for ratio in args.ratios:
-                row = measure(model, sample, pruner, ratio, args.repeats, name)
+            pruned = [r for r in args.ratios if r < 1.0]
+            runs = [(pruner, ratio) for ratio in args.ratios] + [(p, min(pruned)) for p in extra if pruned]
+            for use, ratio in runs:
+                try:
+                    row = measure(model, sample, use, ratio, args.repeats, name)
+                except PrunerNotApplicable as exc:
+                    notes.append({"model": label, "input": name, "pruner": use.name, "not_applicable": str(exc)})
+                    continue
                 row.model = label
                 rows.append(row)
-                print(f"[{label}] {name} ratio {ratio:.2f}: tokens {row.tokens_kept}/{row.tokens_total}, total {row.ms['total']:.1f} ms", flush=True)
+                print(f"[{label}] {name} {row.pruner} ratio {ratio:.2f}: tokens {row.tokens_kept}/{row.tokens_total}, total {row.ms['total']:.1f} ms", flush=True)
         finally:
             if name == "video":
                 set_video_mode(model, False, saved, args.tiny)
@@ -240,6 +257,7 @@ def main(argv=None) -> int:
     from evtp_cli.pruners import get_pruner
 
     pruner = get_pruner(args.pruner)
+    extra = [get_pruner(name) for name in args.extra_pruners if name != args.pruner]
     image, video = inputs(args.tiny)
     rows: list[Row] = []
     notes: list[dict] = []
@@ -252,7 +270,7 @@ def main(argv=None) -> int:
                 print(f"[{spec}] skipped: time budget", flush=True)
                 continue
             try:
-                run_model(spec, args, image, video, pruner, rows, notes, env)
+                run_model(spec, args, image, video, pruner, rows, notes, env, extra)
             except Exception as exc:  # report and go on with the next model
                 failed.append(spec)
                 notes.append({"model": spec, "error": f"{type(exc).__name__}: {exc}"})
@@ -263,7 +281,8 @@ def main(argv=None) -> int:
     add_speedups(rows)
     print()
     print(f"Sa2VA stage table: {env.get('device')} · torch {env['torch']} · transformers {env['transformers']} · "
-          f"{'fp32' if args.device == 'cpu' else args.dtype} · pruner {args.pruner} · median of {args.repeats} run(s) after 1 warm-up · ms per sample")
+          f"{'fp32' if args.device == 'cpu' else args.dtype} · median of {args.repeats} run(s) after 1 warm-up · ms per sample · "
+          f"ttft: vision + select + prefill + first token · GFLOPs: analytic prefill · mem: CUDA peak allocated")
     print(table(rows))
     for note in notes:
         print(f"note: {note}")
