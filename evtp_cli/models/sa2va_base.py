@@ -18,6 +18,11 @@ PruMerge+, ToMe) runs on the vision-space rows before the projector, inside the 
 projected result continues as a pre-LLM plan; an "llm" plan (FastV, SparseVLM, DART) runs inside the
 prefill through forward pre-hooks on the decoder layers, which stay in place for the decoding.
 
+A vision method that selects inside the tower (`evtp:at=vision-layer-L`, `sa2va_tower.py`) runs the tower
+again with the selection after block L (the encode's full-tower time is taken back from "vision") and
+continues as a pre-LLM plan. `decode=static` decodes on a static KV cache, each step a CUDA graph on CUDA
+(`sa2va_static.py`); `decode=dynamic` (default) grows transformers' DynamicCache.
+
 `pipeline=generate` instead runs transformers' own `generate` on the full inputs (pixel values and all),
 the way Sa2VA's remote code does, and takes the [SEG] states as its `get_seg_hidden_states` does; it is
 the unhooked reference the equivalence tests compare against and cannot prune.
@@ -35,7 +40,7 @@ import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -59,6 +64,8 @@ from evtp_cli.models.sa2va_common import (
     token_id,
 )
 from evtp_cli.models.sa2va_sam2 import Sa2VAMaskDecoder, mask_downsampler_layers, sam2_config
+from evtp_cli.models.sa2va_static import StaticDecoder, StaticDecoders, check_static
+from evtp_cli.models.sa2va_tower import TimedSpan, retractable_stage
 from evtp_cli.models.sa2va_weights import MappingError, NameMap, check_complete
 from evtp_cli.pruners.base import PruneContext
 from evtp_cli.pruners.stages import VisionState
@@ -97,6 +104,7 @@ class Sa2VAOptions:
     positions: Literal["original", "renumber"] = "original"
     max_new_tokens: int = 64
     pipeline: Literal["hooked", "generate"] = "hooked"
+    decode: Literal["dynamic", "static"] = "dynamic"
     seed: int = 0
 
     PRESETS: ClassVar[tuple[str, ...]] = ()
@@ -135,6 +143,7 @@ class Sa2VAState:
     inputs: dict[str, Any] = field(default_factory=dict)  # family-specific (pixel values, grids)
     coords: torch.Tensor | None = None  # [N, 3] of the visual tokens (for in-LLM methods)
     vision: VisionSide | None = None  # what vision methods read (rows before the projector, attention, keys)
+    tower: TimedSpan | None = None  # the tower's share of the "vision" stage (see `vision_layer_plan`)
 
 
 @dataclass
@@ -152,6 +161,8 @@ class Generation:
     seg_hidden: list[torch.Tensor]  # last hidden state of each fed [SEG] token, [d]
     logits: list[torch.Tensor] = field(default_factory=list)  # [V] before each generated token
     steps: int = 0  # cached forward passes after the prefill
+    mode: str = "dynamic"  # "dynamic", "static" (eager steps) or "static+cuda-graph"
+    fallback: str | None = None  # why a static decoder on CUDA ran its steps eagerly
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -269,6 +280,8 @@ class Sa2VABackend(IVSModel):
         super().__init__(config)
         self.dtype = resolve_dtype(config.dtype, config.device)
         check_attention(config.attn)
+        if config.decode == "static":
+            check_static(config.attn, config.pipeline)
         if str(config.device).startswith("cuda") and not torch.cuda.is_available():
             raise EvtpError(f"device={config.device} asked for, but torch sees no CUDA device; use device=cpu")
         if config.path:
@@ -284,6 +297,7 @@ class Sa2VABackend(IVSModel):
         self.stop_ids = stop_token_ids(self.tokenizer)
         self._cache_kw = cache_keyword(self.language_model)
         self.llm_layers = int(self.text_config.num_hidden_layers)
+        self._static = StaticDecoders(self._static_decoder)
 
     # ---- family hooks ---------------------------------------------------------------------------
 
@@ -304,8 +318,24 @@ class Sa2VABackend(IVSModel):
         """The config.json a Sa2VA checkpoint of this family carries."""
         raise NotImplementedError
 
-    def _vision(self, frames: list[np.ndarray], task: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], dict]:
-        """Key frames -> (features [N, d], coords [N, 3], frame_ids [N], tokens per image block, inputs)."""
+    def _preprocess(self, frames: list[np.ndarray], task: str) -> tuple[torch.Tensor, torch.Tensor, list[int], dict]:
+        """Key frames -> (coords [N, 3], frame_ids [N], tokens per image block, inputs: the tower's pixel inputs)."""
+        raise NotImplementedError
+
+    def _tower(self, inputs: dict) -> torch.Tensor:
+        """The vision tower and projector -> features [N, d] (keeps what `_vision_side` reads in `inputs["captured"]`)."""
+        raise NotImplementedError
+
+    def _tower_pruned(self, state: Sa2VAState, layer: int, choose: Callable[[torch.Tensor], torch.Tensor], timer: StageTimer) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tower with a selection at the output of block `layer` (`sa2va_tower`) -> (kept indices [k], their features [k, d])."""
+        raise NotImplementedError
+
+    def vision_layers(self) -> list[int]:
+        """The vision blocks `evtp:at=vision-layer-L` may select after."""
+        raise NotImplementedError
+
+    def check_vision_layer(self, layer: int) -> None:
+        """A one-line EvtpError when `evtp:at=vision-layer-{layer}` cannot select after that block."""
         raise NotImplementedError
 
     def _prompt(self, instruction_text: str, tokens_per_block: list[int]) -> str:
@@ -446,7 +476,7 @@ class Sa2VABackend(IVSModel):
         return {
             "name": self.name, "source": self.source, "dtype": str(self.dtype).replace("torch.", ""),
             "device": c.device, "attn": c.attn, "frames": c.frames, "positions": c.positions,
-            "pipeline": c.pipeline, "parameters": counts,
+            "pipeline": c.pipeline, "decode": c.decode, "parameters": counts,
         }
 
     def prefill_flops(self, sequence_length: int) -> float:
@@ -478,7 +508,9 @@ class Sa2VABackend(IVSModel):
     def encode(self, sample: Sample, timer: StageTimer) -> VisualTokens:
         frames, keys = self.prepare(sample)
         with timer.stage("vision"):
-            features, coords, frame_ids, blocks, inputs = self._vision([frames[k] for k in keys], sample.task)
+            coords, frame_ids, blocks, inputs = self._preprocess([frames[k] for k in keys], sample.task)
+        with retractable_stage(timer, "vision") as tower:  # taken back when the tower runs again, pruned inside
+            features = self._tower(inputs)
         text = instruction(sample.text, sample.task, is_question(sample.meta))
         ids = self.tokenizer.encode(self._prompt(text, blocks), add_special_tokens=False)
         device = self.device
@@ -492,7 +524,7 @@ class Sa2VABackend(IVSModel):
         text_embeds = self.embed_tokens(input_ids[0, text_rows]).float()
         coords = coords.to(device)
         side = self._vision_side(inputs)
-        state = Sa2VAState(frames, keys, input_ids, visual_index, features, position_ids, next_position, inputs, coords, side)
+        state = Sa2VAState(frames, keys, input_ids, visual_index, features, position_ids, next_position, inputs, coords, side, tower)
         extras = {"backend": self.name, "attention_kind": side.kind, "key_heads": side.heads}
         providers = {"attention": side.attention, "keys": side.keys}
         context = PruneContext(frame_ids=frame_ids, text_embeds=text_embeds, extras=extras, providers=providers)
@@ -515,7 +547,10 @@ class Sa2VABackend(IVSModel):
                 gen = self.generate_reference(state)
             prefill_length = int(state.input_ids.shape[1])
         else:
-            if plan.inner is not None and plan.inner_stage == "vision":
+            if getattr(plan.inner, "vision_layer", None) is not None:  # times its own vision and select spans
+                plan, info = self.vision_layer_plan(tokens, plan, timer)
+                extras.update(info)
+            elif plan.inner is not None and plan.inner_stage == "vision":
                 with timer.stage("select"):
                     plan, info = self.vision_plan(tokens, plan)
                 extras.update(info)
@@ -534,8 +569,10 @@ class Sa2VABackend(IVSModel):
             counts = [n_visual if plan.keep is None else int(plan.keep.numel())] * self.llm_layers
         extras.update({
             "generated_ids": gen.ids, "seg_tokens": len(gen.seg_hidden), "prefill_length": prefill_length, "decode_steps": gen.steps,
-            "visual_tokens_per_layer": counts, "text_tokens": int(state.input_ids.shape[1]) - n_visual,
+            "visual_tokens_per_layer": counts, "text_tokens": int(state.input_ids.shape[1]) - n_visual, "decode_mode": gen.mode,
         })  # fmt: skip
+        if gen.fallback:
+            extras["decode_fallback"] = gen.fallback
         return Prediction(masks=masks, text=text, extras=extras)
 
     def vision_plan(self, tokens: VisualTokens, plan: PrunePlan) -> tuple[PrunePlan, dict]:
@@ -555,6 +592,28 @@ class Sa2VABackend(IVSModel):
         if bool(changed.any()):
             features[changed] = side.project(merged.features[changed]).to(features.dtype)
         return PrunePlan(keep=index, features=features, coords=merged.coords), dict(merged.info)
+
+    def vision_layer_plan(self, tokens: VisualTokens, plan: PrunePlan, timer: StageTimer) -> tuple[PrunePlan, dict]:
+        """Select inside the vision tower (`plan.inner.vision_layer` = L) -> the pre-LLM plan of the kept tokens.
+
+        The tower runs again from its pixel inputs: blocks up to L on every patch ("vision"), the method on
+        block L's output grouped per LLM token ("select"), the later blocks and the projector on the kept
+        groups only ("vision"). The encode's full tower pass leaves the "vision" stage, so the row times
+        what a deployment with this pruning would run. Kept tokens keep their original positions (the plan
+        goes through the pre-LLM hook); their features replace the unpruned ones.
+        """
+        state: Sa2VAState = tokens.state
+        layer = int(plan.inner.vision_layer)
+        self.check_vision_layer(layer)
+        if state.tower is not None:
+            state.tower.retract()
+
+        def choose(rows: torch.Tensor) -> torch.Tensor:
+            merged = plan.inner(VisionState(rows, tokens.coords, tokens.context))
+            return merged.indices.to(rows.device)
+
+        keep, features = self._tower_pruned(state, layer, choose, timer)
+        return PrunePlan(keep=keep, features=features.to(state.features.dtype)), {"vision_layer": layer}
 
     # ---- the LLM ----------------------------------------------------------------------------------
 
@@ -598,33 +657,53 @@ class Sa2VABackend(IVSModel):
         logits = self.lm_head(hidden[:, -1:]).float()
         return Prefill(pruned, cache, hidden, logits, hooks)
 
+    def _step_forward(self, token_ids: torch.Tensor, positions: torch.Tensor, mask, cache) -> tuple[torch.Tensor, torch.Tensor]:
+        """One cached decode step: token ids [1, 1] -> (last hidden state [1, d], logits [1, V] float32)."""
+        out = self._run_lm(self.embed_tokens(token_ids), positions, mask, cache, self._lm_kwargs(None))
+        hidden = out.last_hidden_state[:, -1]
+        return hidden, self.lm_head(hidden[:, None]).float()[:, -1]
+
+    def _static_decoder(self, length: int) -> StaticDecoder:
+        layers = self.language_model.layers[: self.llm_layers]
+        return StaticDecoder(layers, self.text_config, length, self.config.attn, self._step_forward)
+
     @torch.inference_mode()
     def greedy(self, pre: Prefill, timer: StageTimer | None = None) -> Generation:
-        """Greedy decoding after a (possibly pruned) prefill; cache and mask hold only computed positions.
+        """Greedy decoding after a (possibly pruned) prefill; step j feeds its token at `next_position + j`.
 
-        With a timer, the first generated token (the argmax of the prefill logits) is timed as "decode_first".
+        decode=dynamic: the prefill's DynamicCache grows by one position a step, the mask covers the
+        `L' + j + 1` positions actually computed. decode=static: the cache is copied into a static one and
+        each step runs on it (a CUDA graph on CUDA; `sa2va_static`). With a timer, the first generated token
+        (the argmax of the prefill logits) is timed as "decode_first".
         """
-        gen = Generation([], [], [pre.logits[0, -1]])
-        logits = pre.logits
+        gen = Generation([], [], [pre.logits[0, -1]], mode=self.config.decode)
+        logits = pre.logits[:, -1]
         device = pre.logits.device
         with timer.stage("decode_first") if timer is not None else contextlib.nullcontext():
-            token = int(torch.argmax(logits[0, -1]))
+            token = int(torch.argmax(logits[0]))
+        static = None
+        if self.config.decode == "static":
+            static = self._static.get(pre.pruned.length + self.config.max_new_tokens)
+            static.load(pre.cache)
         for step in range(self.config.max_new_tokens):
             if step:
-                token = int(torch.argmax(logits[0, -1]))
+                token = int(torch.argmax(logits[0]))
             gen.ids.append(token)
             if token in self.stop_ids or len(gen.ids) >= self.config.max_new_tokens:
                 break
-            embeds = self.embed_tokens(torch.tensor([[token]], device=device))
             positions = decode_position_ids(pre.pruned.next_position, step, pre.pruned.position_ids)
-            mask = torch.ones(1, pre.pruned.length + step + 1, dtype=torch.long, device=device)
-            out = self._run_lm(embeds, positions, mask, pre.cache, self._lm_kwargs(None))
+            if static is None:
+                mask = torch.ones(1, pre.pruned.length + step + 1, dtype=torch.long, device=device)
+                hidden, logits = self._step_forward(torch.tensor([[token]], device=device), positions, mask, pre.cache)
+            else:
+                hidden, logits = static.run(token, positions, self.dtype)
             gen.steps += 1
-            hidden = out.last_hidden_state[:, -1]
             if token == self.seg_id:
-                gen.seg_hidden.append(hidden[0])
-            logits = self.lm_head(hidden[:, None]).float()
-            gen.logits.append(logits[0, -1])
+                gen.seg_hidden.append(hidden[0].clone())
+            gen.logits.append(logits[0].clone())
+        if static is not None:
+            gen.mode = "static+cuda-graph" if static.graph is not None else "static"
+            gen.fallback = static.fallback
         return gen
 
     @torch.inference_mode()
