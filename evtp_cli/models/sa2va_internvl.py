@@ -51,6 +51,7 @@ from evtp_cli.models.sa2va_common import (
     with_time,
 )
 from evtp_cli.models.sa2va_inner import VisionSide, capture_inputs, cls_received, first_input, once
+from evtp_cli.models.sa2va_tower import internvl_in_tower, shuffle_groups
 from evtp_cli.models.sa2va_weights import NameMap, internvl_map
 
 # InternViT-300M-448px(-V2_5), the vision tower of Sa2VA-1B/4B and Sa2VA-InternVL3-2B/8B
@@ -72,7 +73,7 @@ _LLM_DROP = {"_name_or_path", "auto_map", "architectures", "transformers_version
 
 
 class Sa2VAInternVL(Sa2VABackend):
-    """Sa2VA-1B/4B and Sa2VA-InternVL3-2B/8B/14B (InternVL + SAM2) with pre-LLM, vision and in-LLM pruning hooks."""
+    """Sa2VA-1B/4B and Sa2VA-InternVL3-2B/8B/14B (InternVL + SAM2) with pre-LLM, vision, in-tower and in-LLM pruning hooks."""
 
     name = "sa2va-internvl"
     family = "internvl"
@@ -182,7 +183,7 @@ class Sa2VAInternVL(Sa2VABackend):
 
     # ---- vision ---------------------------------------------------------------------------------
 
-    def _vision(self, frames: list[np.ndarray], task: str):
+    def _preprocess(self, frames: list[np.ndarray], task: str):
         c, n = self.config, self.side
         tiles, coords, frame_ids, thumbs, blocks = [], [], [], [], []
         if task == "video":
@@ -206,6 +207,10 @@ class Sa2VAInternVL(Sa2VABackend):
             blocks.append(len(pieces) * n * n)
         device = self.device
         pixel_values = normalise(np.stack(tiles), IMAGENET_MEAN, IMAGENET_STD).to(device=device, dtype=self.dtype)
+        inputs = {"pixel_values": pixel_values, "thumbnail": torch.cat(thumbs).to(device)}
+        return torch.cat(coords), torch.cat(frame_ids).to(device), blocks, inputs
+
+    def _tower(self, inputs: dict) -> torch.Tensor:
         vlm_config = self.net.vlm.config
         model = self.net.vlm.model
         watch = {"projector": model.multi_modal_projector}
@@ -213,12 +218,36 @@ class Sa2VAInternVL(Sa2VABackend):
             watch["attn"] = model.vision_tower.encoder.layer[self.attention_layer].attention
         with capture_inputs(watch) as captured:
             out = model.get_image_features(
-                pixel_values=pixel_values,
+                pixel_values=inputs["pixel_values"],
                 vision_feature_layer=vlm_config.vision_feature_layer,
                 vision_feature_select_strategy=vlm_config.vision_feature_select_strategy,
             )
-        inputs = {"pixel_values": pixel_values, "thumbnail": torch.cat(thumbs).to(device), "captured": captured}
-        return pooled(out), torch.cat(coords), torch.cat(frame_ids).to(device), blocks, inputs
+        inputs["captured"] = captured
+        return pooled(out)
+
+    # ---- pruning inside the tower (`evtp:at=vision-layer-L`, `sa2va_tower`) -------------------------
+
+    def vision_layers(self) -> list[int]:
+        """Every InternViT layer up to the one whose output the features are."""
+        last = self.attention_layer
+        return [] if last is None else list(range(last + 1))
+
+    def check_vision_layer(self, layer: int) -> None:
+        depth = int(self.net.vlm.config.vision_config.num_hidden_layers)
+        last = self.attention_layer
+        if last is None:
+            raise EvtpError(f"evtp:at=vision-layer-{layer}: {self.name} takes its features from the patch embeddings (vision_feature_layer 0), before any layer")
+        if not 0 <= layer < depth:
+            raise EvtpError(f"evtp:at=vision-layer-{layer}: the {self.name} vision tower has layers 0..{depth - 1}; select after one of 0..{last}")
+        if layer > last:
+            raise EvtpError(f"evtp:at=vision-layer-{layer}: {self.name} takes its features from layer {last}; select after one of 0..{last}")
+
+    def _tower_pruned(self, state: Sa2VAState, layer: int, choose, timer):
+        model = self.net.vlm.model
+        config = self.net.vlm.config
+        final_norm = model.vision_tower.layernorm if int(config.vision_feature_layer) == -1 else torch.nn.Identity()
+        return internvl_in_tower(model, state.inputs["pixel_values"], layer, int(self.attention_layer), final_norm,
+                                 float(config.downsample_ratio), choose, timer)
 
     def _prompt(self, instruction_text: str, tokens_per_block: list[int]) -> str:
         return internvl_prompt(instruction_text, tokens_per_block)
@@ -237,11 +266,7 @@ class Sa2VAInternVL(Sa2VABackend):
         projector = model.multi_modal_projector
 
         def shuffle(values: torch.Tensor) -> torch.Tensor:
-            """[tiles, P, c] per patch (no [CLS]) -> [tiles * P / 4, 4, c]: the patches of each visual token."""
-            tiles, patches, c = values.shape
-            side = int(round(patches**0.5))
-            grid = model.pixel_shuffle(values.reshape(tiles, side, side, c).contiguous(), scale_factor=ratio)
-            return grid.reshape(-1, int(round(1 / ratio**2)), c)
+            return shuffle_groups(values, model.pixel_shuffle, ratio)
 
         @once
         def qk() -> tuple[torch.Tensor, torch.Tensor]:  # [tiles, H, 1 + P, dh], [CLS] first

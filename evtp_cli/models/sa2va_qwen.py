@@ -41,6 +41,7 @@ from evtp_cli.errors import EvtpError
 from evtp_cli.models.sa2va_base import OUT_OF_SCOPE, Sa2VABackend, Sa2VAOptions, Sa2VAState, pooled
 from evtp_cli.models.sa2va_common import QwenPatching, frame_time, grid_yx, qwen_patches, qwen_prompt, token_id, with_time
 from evtp_cli.models.sa2va_inner import VisionSide, capture_inputs, first_input, mean_received, once
+from evtp_cli.models.sa2va_tower import qwen_in_tower
 from evtp_cli.models.sa2va_weights import NameMap, qwen_map
 
 # real Qwen2.5-VL shapes (Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct configs)
@@ -63,7 +64,7 @@ def qwen_window_index(visual, grid_thw: torch.Tensor) -> torch.Tensor:
 
 
 class Sa2VAQwen(Sa2VABackend):
-    """Sa2VA-Qwen2.5-VL-3B/7B (Qwen2.5-VL + SAM2): pre-LLM, vision and in-LLM pruning hooks that keep M-RoPE positions."""
+    """Sa2VA-Qwen2.5-VL-3B/7B (Qwen2.5-VL + SAM2): pre-LLM, vision, in-tower and in-LLM pruning hooks that keep M-RoPE positions."""
 
     name = "sa2va-qwen"
     family = "qwen"
@@ -147,7 +148,7 @@ class Sa2VAQwen(Sa2VABackend):
 
     # ---- vision ---------------------------------------------------------------------------------
 
-    def _vision(self, frames: list[np.ndarray], task: str):
+    def _preprocess(self, frames: list[np.ndarray], task: str):
         rows, grids, coords, frame_ids = [], [], [], []
         merge = self.patching.merge
         for k, frame in enumerate(frames):
@@ -160,12 +161,42 @@ class Sa2VAQwen(Sa2VABackend):
         device = self.device
         pixel_values = torch.cat(rows).to(device=device, dtype=self.dtype)
         grid_thw = torch.tensor(grids, dtype=torch.long, device=device)
+        blocks = [int(g[1] * g[2]) // merge**2 for g in grids]
+        inputs = {"pixel_values": pixel_values, "image_grid_thw": grid_thw}
+        return torch.cat(coords), torch.cat(frame_ids).to(device), blocks, inputs
+
+    def _tower(self, inputs: dict) -> torch.Tensor:
         visual = self.net.vlm.model.visual
         with capture_inputs({"merger": visual.merger, "attn": visual.blocks[self.attention_block].attn}) as captured:
-            features = pooled(self.net.vlm.model.get_image_features(pixel_values, grid_thw))
-        blocks = [int(g[1] * g[2]) // merge**2 for g in grids]
-        inputs = {"pixel_values": pixel_values, "image_grid_thw": grid_thw, "captured": captured}
-        return features, torch.cat(coords), torch.cat(frame_ids).to(device), blocks, inputs
+            features = pooled(self.net.vlm.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]))
+        inputs["captured"] = captured
+        return features
+
+    # ---- pruning inside the tower (`evtp:at=vision-layer-L`, `sa2va_tower`) -------------------------
+
+    def vision_layers(self) -> list[int]:
+        """The full-attention blocks: after them every patch has seen its whole image."""
+        visual = self.net.vlm.model.visual
+        return sorted(int(i) for i in (getattr(visual.config, "fullatt_block_indexes", None) or []))
+
+    def check_vision_layer(self, layer: int) -> None:
+        depth = len(self.net.vlm.model.visual.blocks)
+        full = self.vision_layers()
+        where = f"select after a full-attention block: {', '.join(map(str, full))}" if full else "it has no full-attention block"
+        if not 0 <= layer < depth:
+            raise EvtpError(f"evtp:at=vision-layer-{layer}: the {self.name} vision tower has blocks 0..{depth - 1}; {where}")
+        if layer not in full:
+            raise EvtpError(f"evtp:at=vision-layer-{layer}: vision block {layer} of {self.name} attends within windows only; {where}")
+
+    def _tower_pruned(self, state: Sa2VAState, layer: int, choose, timer):
+        model = self.net.vlm.model
+        grid = state.inputs["image_grid_thw"]
+        window = qwen_window_index(model.visual, grid).to(grid.device)
+
+        def run() -> torch.Tensor:
+            return pooled(model.get_image_features(state.inputs["pixel_values"], grid))
+
+        return qwen_in_tower(model.visual, window, layer, choose, timer, run)
 
     def _prompt(self, instruction_text: str, tokens_per_block: list[int]) -> str:
         return qwen_prompt(instruction_text, tokens_per_block)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from evtp_cli.data.base import Sample
 from evtp_cli.data.frames import key_frame_indices
-from evtp_cli.errors import EvtpError
+from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models.base import IVSModel, Prediction, PrunePlan, VisualTokens
 from evtp_cli.models.tiny_net import SEG, TinyIVSNet, grid_coords
@@ -34,6 +34,10 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_WEIGHTS = ASSETS / "tiny_ivs.safetensors"
 PATCH = 4
 TRACK_RADIUS = 0.25  # how far (in image fractions) the tracked object may move between frames
+IN_TOWER_REASON = (
+    "tiny-ivs cannot prune inside its vision encoder: the mask head reads every frame's unpruned encoder output, "
+    "so a pruned pass would come on top of the full one and save nothing; use evtp (at=llm-input)"
+)
 
 
 def model_size(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -176,6 +180,8 @@ class TinyIVS(IVSModel):
 
     def _llm_tokens(self, tokens: VisualTokens, plan: PrunePlan, timer: StageTimer) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """The visual tokens the LLM receives: all, a pre-LLM plan, or a vision method's output."""
+        if getattr(plan.inner, "vision_layer", None) is not None:
+            raise PrunerNotApplicable(IN_TOWER_REASON)
         if plan.inner is not None and plan.inner_stage == "vision":
             st = tokens.state
             with timer.stage("select"):

@@ -25,6 +25,7 @@ gives the same bits for a single row as for the full matrix, so they return the 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -364,8 +365,18 @@ def _select_reference(p: _Problem) -> torch.Tensor:
 # adapter
 
 
+AT_LLM_INPUT = "llm-input"
+AT_VISION_LAYER = re.compile(r"vision-layer-(\d+)")
+
+
 class EVTP(Pruner):
-    """EVTP (ours): greedy k-center in a feature+space(+time) metric, seeded and weighted by information."""
+    """EVTP (ours): greedy k-center in a feature+space(+time) metric, seeded and weighted by information.
+
+    `at` says where it selects: `llm-input` (default) on the projected tokens before the LLM (stage
+    "pre-llm"); `vision-layer-L` at the output of vision block L (0-based), on the block's hidden states
+    grouped per LLM token, so that the tower's later blocks also run on the kept tokens only (stage
+    "vision"; the backend runs the tower, `InnerHook.vision_layer` tells it where, docs/performance.md).
+    """
 
     name = "evtp"
 
@@ -376,8 +387,11 @@ class EVTP(Pruner):
         temporal_scale: float = 1.0
         temperature: float = 1.0
         mode: Literal["global", "per-frame"] = "per-frame"
+        at: str = AT_LLM_INPUT
 
         def __post_init__(self) -> None:
+            if self.at != AT_LLM_INPUT and not AT_VISION_LAYER.fullmatch(self.at):
+                raise ValueError(f"at must be {AT_LLM_INPUT} or vision-layer-L (L = a vision block, 0-based), got {self.at!r}")
             if not 0.0 <= self.spatial_weight <= 1.0:
                 raise ValueError(f"spatial_weight must be in [0, 1], got {self.spatial_weight}")
             if self.info_weight < 0:
@@ -386,6 +400,17 @@ class EVTP(Pruner):
                 raise ValueError(f"temporal_scale must be >= 0, got {self.temporal_scale}")
             if self.temperature <= 0:
                 raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    def __init__(self, config: "EVTP.Config | None" = None):
+        super().__init__(config)
+        if self.vision_layer is not None:
+            self.stage = "vision"  # the evaluation loop hands it to the backend's vision hook
+
+    @property
+    def vision_layer(self) -> int | None:
+        """The vision block whose output it selects at (`at=vision-layer-L`), or None (`at=llm-input`)."""
+        match = AT_VISION_LAYER.fullmatch(self.config.at)
+        return int(match.group(1)) if match else None
 
     def _select(self, features: torch.Tensor, coords: torch.Tensor, k: int, context: PruneContext | None) -> torch.Tensor:
         c = self.config

@@ -14,6 +14,12 @@ For the last two the loop wraps the pruner in an `InnerHook` (`inner_hook`) and 
 - vision: `merged = plan.inner(VisionState(features, coords, context))` with `features` the
   vision-space rows aligned one-to-one with the LLM's visual tokens; `merged` is a `Merged` in that
   space (indices sorted), which the backend projects and feeds to the LLM as a pre-LLM plan.
+  A method that selects *inside* the vision tower (`evtp:at=vision-layer-L`) has
+  `plan.inner.vision_layer = L`: the backend runs the tower to the output of block L, calls the same
+  `plan.inner(VisionState(...))` with that block's hidden states grouped per LLM token (the patches
+  that become one visual token side by side), runs the later blocks and the projector on the kept
+  groups only, and feeds the LLM the kept tokens at their original positions. A backend whose tower
+  cannot do that raises PrunerNotApplicable; a block it cannot prune after is an EvtpError.
 - llm: before each decoder layer `j` in `plan.inner_layers` (0-based; layers < j ran on the current
   sequence), `result = plan.inner(LLMState(...))`; the backend drops the visual rows not in
   `result.keep` from the hidden states (positions, attention mask and cache positions with them),
@@ -183,6 +189,11 @@ class InnerHook:
             raise ValueError(f"{type(pruner).__name__} acts {pruner.stage}; only vision/llm methods have hooks")
         self.pruner, self.k, self.context = pruner, k, context
         self.stage = pruner.stage
+
+    @property
+    def vision_layer(self) -> int | None:
+        """For a vision method that selects inside the tower: the block whose output it selects at; else None."""
+        return getattr(self.pruner, "vision_layer", None) if self.stage == "vision" else None
 
     def layers(self, depth: int | None) -> tuple[int, ...]:
         """The decoder layers before which an llm method acts (empty for vision methods)."""
