@@ -3,18 +3,27 @@
 For each model it builds the real-size random preset, then on a synthetic 1008 px image and a synthetic
 16-frame 448 px video (all 16 frames to the LLM, 256 visual tokens a frame, 4096 in all) it
 
+- checks that the fast EVTP selection returns the straightforward one's indices on this device (the
+  core of tests/test_select_fast.py -k cuda, for machines without pytest);
 - checks the hook: ratio 1.0 through the pruning hook vs transformers' own `generate` (same ids, same
   masks) on the image;
-- times ratio 1.0 (no pruning) and ratio 0.2 (EVTP) per stage with CUDA events after a warm-up run
-  (median of `--repeats` runs), and prints the stage table with the speed-up against ratio 1.0;
+- (b) times ratio 1.0 (no pruning) and ratio 0.2 (EVTP) per stage with CUDA events after a warm-up run
+  (median of `--repeats` runs), with the end-to-end and the prefill speed-up against ratio 1.0;
+- (c) times the same with `decode=static` (static KV cache, each decode step a CUDA graph), checks that it
+  generates the ids `decode=dynamic` does, and times a free-running `--answer-tokens` answer (16 tokens)
+  both ways, where per-token launch overhead shows;
+- (d) times `evtp:at=vision-layer-L` at 0.2 (selection inside the vision tower, so the later vision blocks
+  run on the kept tokens only) for `--vision-layers` (Qwen: full-attention blocks 7, 15, 23) next to
+  pre-LLM EVTP;
 - times one vision-stage and one in-LLM baseline at 0.2 the same way (`--extra-pruners`, default
-  visionzip and fastv: pruning before the projector vs inside the LLM after layer 2), with time to
-  the first token, analytic prefill GFLOPs and peak memory per row;
+  visionzip and fastv), with time to the first token, analytic prefill GFLOPs and peak memory per row;
 - with flash-attn installed (full mode), re-times the image at both ratios with attn=flash_attention_2
   and checks that it generates the same ids as sdpa.
 
-`--quick`: Qwen2.5-VL-7B shape only, one timed run per setting, no flash-attn pass. `--tiny --device cpu`
-runs the same code on the tiny-random presets (what CI can afford). Nothing is downloaded.
+It prints the stage table, then (c) and (d) side by side. `--quick`: Qwen2.5-VL-7B shape only, one timed
+run per setting, one vision layer, no baselines, no flash-attn pass. `--tiny --device cpu` runs the same
+code on the tiny-random presets (what CI can afford). Nothing is downloaded; nothing here imports
+pycocotools or decord.
 
     PYTHONPATH=. python -m benchmarks.sa2va_gpu_check [--quick] [--output DIR]
 """
@@ -40,16 +49,23 @@ VIDEO_SIDE = 448  # one InternVL tile; Qwen gets 448x448 frames too: 16x16 merge
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="one model (Qwen 7B shape), one timed run per setting")
+    p.add_argument("--quick", action="store_true", help="one model (Qwen 7B shape), one timed run per setting, fewer extras")
     p.add_argument("--tiny", action="store_true", help="tiny-random presets (CPU smoke test of this script)")
     p.add_argument("--models", nargs="*", help="model specs (default: by mode)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--ratios", nargs="*", type=float, default=[1.0, 0.2])
     p.add_argument("--pruner", default="evtp")
-    p.add_argument("--extra-pruners", nargs="*", default=["visionzip", "fastv"], help="baselines also timed at the lowest ratio below 1")
+    p.add_argument("--extra-pruners", nargs="*", default=None,
+                   help="baselines also timed at the lowest ratio below 1 (default visionzip fastv; none with --quick)")
+    p.add_argument("--vision-layers", nargs="*", type=int, default=None,
+                   help="vision blocks for evtp:at=vision-layer-L at the lowest ratio (default: Qwen's full-attention blocks "
+                        "but the last, InternViT's middle layer; --quick: one; give none to skip)")
+    p.add_argument("--no-static", action="store_true", help="skip the decode=static rows")
+    p.add_argument("--answer-tokens", type=int, default=16, help="also time a free-running answer of this many tokens, "
+                   "dynamic vs static decoding (image, lowest ratio; 0: skip)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per setting (default 3, --quick 1)")
-    p.add_argument("--budget", type=float, default=None, help="seconds; models not started by then are skipped (default 420, --quick 240)")
+    p.add_argument("--budget", type=float, default=None, help="seconds; models not started by then are skipped (default 300, --quick 240)")
     p.add_argument("--output", default=None, help="folder for gpu_check.json (default runs/gpu-check-<time>)")
     return p.parse_args(argv)
 
@@ -103,25 +119,27 @@ class Row:
     prefill_length: int
     decode_steps: int
     ms: dict
+    decode: str = "dynamic"
+    answer: str = "[SEG]"  # the rigged random answer, or "N tokens" (free-running head)
     speedup: float | None = None
     prefill_speedup: float | None = None
     gflops_prefill: float | None = None
     mem_peak_mb: float | None = None
 
 
-def measure(model, sample, pruner, ratio: float, repeats: int, label: str) -> Row:
+def measure(model, sample, pruner, ratio: float, repeats: int, label: str, name: str | None = None) -> Row:
     from evtp_cli.bench.evaluate import run_sample
 
     use = None if ratio >= 1.0 else pruner
-    run_sample(model, sample, use, ratio, 0)  # warm-up (allocations, kernels, autotuning)
+    run_sample(model, sample, use, ratio, 0)  # warm-up (allocations, kernels, autotuning, CUDA-graph capture)
     runs = [run_sample(model, sample, use, ratio, 0) for _ in range(repeats)]
     prediction, _, total, kept = runs[-1]
     ms = {stage: statistics.median(r[1][stage] for r in runs) for stage in (*STAGES, "total", "ttft")}
     extras = prediction.extras
-    name = "none" if use is None else pruner.name
+    name = "none" if use is None else (name or pruner.name)
     mem = max((r[0].extras.get("mem_peak_mb") or 0.0) for r in runs) or None
     return Row(model.name, label, model.config.attn, name, ratio, total, kept, extras["prefill_length"], extras["decode_steps"], ms,
-               gflops_prefill=extras.get("gflops_prefill"), mem_peak_mb=mem)
+               decode=extras.get("decode_mode", "dynamic"), gflops_prefill=extras.get("gflops_prefill"), mem_peak_mb=mem)
 
 
 def hook_equivalence(model, sample) -> dict:
@@ -143,6 +161,56 @@ def hook_equivalence(model, sample) -> dict:
     return out
 
 
+def static_equivalence(model, sample, pruner, ratio: float) -> dict:
+    """decode=static vs decode=dynamic after the same (pruned) prefill: ids and [SEG] states."""
+    from evtp_cli.bench.evaluate import run_sample
+
+    out = {}
+    for mode in ("dynamic", "static"):
+        with decode_mode(model, mode):
+            out[mode] = run_sample(model, sample, pruner, ratio, 0)[0].extras
+    return {"ids_equal": out["static"]["generated_ids"] == out["dynamic"]["generated_ids"], "decode_mode": out["static"]["decode_mode"],
+            **({"fallback": out["static"]["decode_fallback"]} if "decode_fallback" in out["static"] else {})}
+
+
+class decode_mode:  # noqa: N801 - used as a context manager
+    """Switch a Sa2VA backend's `decode` key for a while."""
+
+    def __init__(self, model, mode: str):
+        self.model, self.mode = model, mode
+
+    def __enter__(self):
+        self.saved = self.model.config.decode
+        self.model.config.decode = self.mode
+
+    def __exit__(self, *exc):
+        self.model.config.decode = self.saved
+
+
+class free_answer:  # noqa: N801 - used as a context manager
+    """A random answer head and `tokens` new tokens (a free-running answer of that length), restored afterwards."""
+
+    def __init__(self, model, tokens: int):
+        self.model, self.tokens = model, tokens
+
+    def __enter__(self):
+        import torch
+
+        weight = self.model.net.vlm.lm_head.weight
+        self.saved = (weight.detach().clone(), self.model.config.max_new_tokens)
+        with torch.inference_mode():
+            generator = torch.Generator(device=weight.device).manual_seed(3)
+            weight.copy_(torch.randn(weight.shape, generator=generator, device=weight.device, dtype=weight.dtype) * 0.05)
+        self.model.config.max_new_tokens = self.tokens
+
+    def __exit__(self, *exc):
+        import torch
+
+        with torch.inference_mode():
+            self.model.net.vlm.lm_head.weight.copy_(self.saved[0])
+        self.model.config.max_new_tokens = self.saved[1]
+
+
 def set_video_mode(model, on: bool, saved: dict, tiny: bool) -> None:
     """All 16 frames to the LLM; Qwen frames kept at 448x448 (256 merged tokens each, not with --tiny)."""
     if on:
@@ -159,20 +227,28 @@ def set_video_mode(model, on: bool, saved: dict, tiny: bool) -> None:
 
 
 def add_speedups(rows: list[Row]) -> None:
+    """Against the ratio-1.0 row of the same model, input, attention, decoding and answer."""
+
+    def key(r: Row) -> tuple:
+        return r.model, r.input, r.attn, r.decode.split("+")[0], r.answer
+
     for row in rows:
-        ref = next((r for r in rows if (r.model, r.input, r.attn) == (row.model, row.input, row.attn) and r.pruner == "none"), None)
+        ref = next((r for r in rows if key(r) == key(row) and r.pruner == "none"), None)
         if ref is not None and row.ms["total"] > 0:
             row.speedup = ref.ms["total"] / row.ms["total"]
             row.prefill_speedup = ref.ms["prefill"] / row.ms["prefill"] if row.ms["prefill"] > 0 else None
 
 
 def table(rows: list[Row]) -> str:
-    head = f"{'model':<34} {'input':<6} {'attn':<6} {'pruner':<9} {'ratio':>5} {'tokens':>11} {'seq':>6} " + " ".join(f"{s:>8}" for s in STAGES)
+    head = (f"{'model':<26} {'input':<6} {'attn':<6} {'decode':<7} {'answer':<9} {'pruner':<24} {'ratio':>5} {'tokens':>11} {'seq':>6} "
+            + " ".join(f"{s:>8}" for s in STAGES))
     head += f" {'total':>8} {'ttft':>8} {'ms/tok':>7} {'speedup':>8} {'prefill×':>8} {'GFLOPs':>8} {'mem MB':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         per_token = r.ms["decode"] / r.decode_steps if r.decode_steps else float("nan")
-        line = f"{r.model:<34} {r.input:<6} {r.attn[:6]:<6} {r.pruner[:9]:<9} {r.ratio:>5.2f} {f'{r.tokens_kept}/{r.tokens_total}':>11} {r.prefill_length:>6} "
+        decode = "graph" if r.decode.endswith("cuda-graph") else r.decode[:7]
+        line = (f"{r.model:<26} {r.input:<6} {r.attn[:6]:<6} {decode:<7} {r.answer[:9]:<9} {r.pruner[:24]:<24} {r.ratio:>5.2f} "
+                f"{f'{r.tokens_kept}/{r.tokens_total}':>11} {r.prefill_length:>6} ")
         line += " ".join(f"{r.ms[s]:>8.1f}" for s in STAGES) + f" {r.ms['total']:>8.1f} {r.ms['ttft']:>8.1f} {per_token:>7.1f}"
         line += f" {r.speedup or float('nan'):>7.2f}× {r.prefill_speedup or float('nan'):>7.2f}×"
         line += f" {r.gflops_prefill or float('nan'):>8.4g} {r.mem_peak_mb or float('nan'):>8.0f}"
@@ -180,13 +256,94 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def pair(a: float | None, b: float | None, unit: str = "", digits: int = 1) -> str:
+    nan = float("nan")
+    return f"{a if a is not None else nan:.{digits}f}{unit} → {b if b is not None else nan:.{digits}f}{unit}"
+
+
+def per_token(r: Row) -> float:
+    return r.ms["decode"] / r.decode_steps if r.decode_steps else float("nan")
+
+
+def static_table(rows: list[Row]) -> str:
+    """(c) decode=static next to decode=dynamic for the same settings."""
+    lines = [f"{'model':<26} {'input':<6} {'answer':<9} {'pruner':<10} {'ratio':>5} {'decode ms':>16} {'ms/token':>16} "
+             f"{'total ms':>18} {'e2e speed-up':>16}   (dynamic → static)"]
+    for r in rows:
+        if r.decode == "dynamic":
+            continue
+        same = (r.model, r.input, r.attn, r.answer, r.pruner, r.ratio)
+        d = next((x for x in rows if x.decode == "dynamic" and (x.model, x.input, x.attn, x.answer, x.pruner, x.ratio) == same), None)
+        if d is None:
+            continue
+        lines.append(f"{r.model:<26} {r.input:<6} {r.answer[:9]:<9} {r.pruner[:10]:<10} {r.ratio:>5.2f} {pair(d.ms['decode'], r.ms['decode']):>16} "
+                     f"{pair(per_token(d), per_token(r)):>16} {pair(d.ms['total'], r.ms['total']):>18} {pair(d.speedup, r.speedup, '×', 2):>16}")
+    return "\n".join(lines)
+
+
+def vision_layer_table(rows: list[Row], name: str = "evtp") -> str:
+    """(d) evtp:at=vision-layer-L next to pre-LLM EVTP at the same ratio (dynamic decoding)."""
+    lines = [f"{'model':<26} {'input':<6} {'pruner':<24} {'ratio':>5} {'vision ms':>10} {'select ms':>10} {'prefill ms':>10} "
+             f"{'total ms':>10} {'e2e speed-up':>12} {'prefill×':>9}"]
+    for r in rows:
+        if r.decode != "dynamic" or r.answer != "[SEG]" or not (r.pruner == name or r.pruner.startswith(f"{name}:at=vision-layer")):
+            continue
+        lines.append(f"{r.model:<26} {r.input:<6} {r.pruner:<24} {r.ratio:>5.2f} {r.ms['vision']:>10.1f} {r.ms['select']:>10.1f} "
+                     f"{r.ms['prefill']:>10.1f} {r.ms['total']:>10.1f} {r.speedup or float('nan'):>11.2f}× {r.prefill_speedup or float('nan'):>8.2f}×")
+    return "\n".join(lines)
+
+def selection_equality(device: str) -> dict:
+    """The fast EVTP selection == the straightforward one on this device (what tests/test_select_fast.py -k cuda
+    checks, for machines without pytest): images and 16-frame videos, both modes, k = 1, N/5, N-1; on CUDA
+    also the Triton kernel against the torch loop."""
+    import torch
+
+    from evtp_cli.pruners.base import frame_index
+    from evtp_cli.pruners.evtp import evtp_select, evtp_select_reference
+
+    generator = torch.Generator().manual_seed(0)
+    checked, wrong = 0, []
+    for frames, side, width in ((1, 16, 64), (16, 16, 256)):
+        t = torch.arange(frames, dtype=torch.float32) / max(frames - 1, 1)
+        yx = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+        coords = torch.stack([c.flatten() for c in torch.meshgrid(t, yx, yx, indexing="ij")], 1).to(device)
+        features = torch.randn(coords.shape[0], width, generator=generator).to(device)
+        n, ids = coords.shape[0], frame_index(coords)
+        for mode in ("global", "per-frame"):
+            for lam, beta, tau in ((0.5, 0.0, 1.0), (0.3, 1.0, 2.0)):
+                options = dict(spatial_weight=lam, info_weight=beta, temporal_scale=tau, mode=mode)
+                for k in (1, n // 5, n - 1):
+                    checked += 1
+                    if evtp_select(features, coords, k, ids, **options).tolist() != evtp_select_reference(features, coords, k, ids, **options).tolist():
+                        wrong.append(f"{frames}x{side * side} {mode} λ={lam} β={beta} τ={tau} k={k}")
+            if device.startswith("cuda"):
+                try:
+                    a = evtp_select(features, coords, n // 5, ids, info_weight=0.5, mode=mode, backend="triton")
+                except Exception as exc:  # noqa: BLE001 - no Triton: said, not failed
+                    return {"check": "selection fast == reference", "checked": checked, "wrong": wrong, "triton": f"{type(exc).__name__}: {exc}"}
+                b = evtp_select(features, coords, n // 5, ids, info_weight=0.5, mode=mode, backend="torch")
+                checked += 1
+                if a.tolist() != b.tolist():
+                    wrong.append(f"triton != torch loop, {frames}x{side * side} {mode}")
+    return {"check": "selection fast == reference", "checked": checked, "wrong": wrong, "ids_equal": not wrong}
+
+
+def default_vision_layers(model, quick: bool) -> list[int]:
+    """Qwen: the full-attention blocks but the last (after the last one only the merger is left to shrink);
+    InternViT: its middle layer. --quick: the middle choice only."""
+    layers = model.vision_layers()
+    chosen = (layers[:-1] or layers) if model.name == "sa2va-qwen" else layers[len(layers) // 2 : len(layers) // 2 + 1]
+    return chosen[len(chosen) // 2 : len(chosen) // 2 + 1] if quick else chosen
+
+
 def run_model(spec, args, image, video, pruner, rows, notes, env, extra=()) -> None:
     import torch
 
-    from evtp_cli.errors import PrunerNotApplicable
+    from evtp_cli.errors import EvtpError, PrunerNotApplicable
     from evtp_cli.metrics.timing import StageTimer
     from evtp_cli.models import load_model
     from evtp_cli.models.base import PrunePlan
+    from evtp_cli.pruners import get_pruner
 
     t0 = time.perf_counter()
     options = {"device": args.device, "dtype": args.dtype}
@@ -200,25 +357,70 @@ def run_model(spec, args, image, video, pruner, rows, notes, env, extra=()) -> N
     eq = hook_equivalence(model, image)
     notes.append({"model": label, "check": "ratio 1.0 hooked vs transformers generate (image)", **eq})
     print(f"[{label}] hook at ratio 1.0 vs generate: {eq}", flush=True)
+    pruned = [r for r in args.ratios if r < 1.0]
+    low = min(pruned) if pruned else None
+    layers = default_vision_layers(model, args.quick) if args.vision_layers is None else args.vision_layers
+    in_tower = []
+    for layer in layers if low is not None else []:
+        try:
+            model.check_vision_layer(layer)
+            in_tower.append((get_pruner(args.pruner, at=f"vision-layer-{layer}"), f"{pruner.name}:at=vision-layer-{layer}"))
+        except (EvtpError, ValueError) as exc:
+            notes.append({"model": label, "vision_layer": layer, "skipped": str(exc)})
+
+    def record(row: Row | None, answer: str = "[SEG]") -> None:
+        if row is None:
+            return
+        row.model, row.answer = label, answer
+        rows.append(row)
+        print(f"[{label}] {row.input} {row.pruner} ratio {row.ratio:.2f} decode {row.decode} answer {answer}: "
+              f"tokens {row.tokens_kept}/{row.tokens_total}, total {row.ms['total']:.1f} ms", flush=True)
+
+    def timed(sample, name, use, ratio, title=None) -> Row | None:
+        what = {"model": label, "input": name, "pruner": title or getattr(use, "name", "none"), "ratio": ratio, "decode": model.config.decode}
+        try:
+            return measure(model, sample, use, ratio, args.repeats, name, title)
+        except PrunerNotApplicable as exc:
+            notes.append({**what, "not_applicable": str(exc)})
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one setting failing costs that row only
+            notes.append({**what, "error": f"{type(exc).__name__}: {exc}"})
+            traceback.print_exc()
+        return None
+
     for sample, name in ((image, "image"), (video, "video")):
         saved: dict = {}
         if name == "video":
             set_video_mode(model, True, saved, args.tiny)
         try:
-            pruned = [r for r in args.ratios if r < 1.0]
-            runs = [(pruner, ratio) for ratio in args.ratios] + [(p, min(pruned)) for p in extra if pruned]
-            for use, ratio in runs:
-                try:
-                    row = measure(model, sample, use, ratio, args.repeats, name)
-                except PrunerNotApplicable as exc:
-                    notes.append({"model": label, "input": name, "pruner": use.name, "not_applicable": str(exc)})
-                    continue
-                row.model = label
-                rows.append(row)
-                print(f"[{label}] {name} {row.pruner} ratio {ratio:.2f}: tokens {row.tokens_kept}/{row.tokens_total}, total {row.ms['total']:.1f} ms", flush=True)
+            for ratio in args.ratios:  # (b) prefill and end-to-end speed-ups, dynamic decoding
+                record(timed(sample, name, pruner, ratio))
+            if not args.no_static:  # (c) the same with decode=static
+                with decode_mode(model, "static"):
+                    for ratio in args.ratios:
+                        record(timed(sample, name, pruner, ratio))
+            for use, title in in_tower:  # (d) selection inside the vision tower
+                record(timed(sample, name, use, low, title))
+            for use in extra if low is not None else []:
+                record(timed(sample, name, use, low))
         finally:
             if name == "video":
                 set_video_mode(model, False, saved, args.tiny)
+    if not args.no_static and low is not None:
+        try:
+            check = static_equivalence(model, image, pruner, low)
+        except Exception as exc:  # noqa: BLE001 - reported as a failed check
+            check = {"ids_equal": False, "error": f"{type(exc).__name__}: {exc}"}
+            traceback.print_exc()
+        notes.append({"model": label, "check": f"decode=static vs dynamic ids (image, {pruner.name} {low})", **check})
+        print(f"[{label}] decode=static vs dynamic: {check}", flush=True)
+        if args.answer_tokens > 0:
+            with free_answer(model, args.answer_tokens):
+                for mode in ("dynamic", "static"):
+                    with decode_mode(model, mode):
+                        for ratio in (1.0, low):
+                            record(timed(image, "image", pruner, ratio), f"{args.answer_tokens} tokens")
     if env.get("flash_attn") and not args.quick and args.device.startswith("cuda"):
         def answer():
             return model.decode(image, model.encode(image, StageTimer()), PrunePlan(), StageTimer()).extras["generated_ids"]
@@ -229,9 +431,7 @@ def run_model(spec, args, image, video, pruner, rows, notes, env, extra=()) -> N
         fa2_ids = answer()
         notes.append({"model": label, "check": "flash_attention_2 vs sdpa ids (image, ratio 1.0)", "ids_equal": fa2_ids == sdpa_ids})
         for ratio in args.ratios:
-            row = measure(model, image, pruner, ratio, args.repeats, "image")
-            row.model = label
-            rows.append(row)
+            record(timed(image, "image", pruner, ratio))
     if args.device.startswith("cuda"):
         notes.append({"model": label, "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)})
     del model
@@ -244,8 +444,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     args.repeats = args.repeats or (1 if args.quick or args.tiny else 3)
-    budget = args.budget or (240.0 if args.quick else 420.0)
+    budget = args.budget or (240.0 if args.quick else 300.0)
     models = args.models or (MODELS_TINY if args.tiny else MODELS_QUICK if args.quick else MODELS_FULL)
+    if args.extra_pruners is None:
+        args.extra_pruners = [] if args.quick else ["visionzip", "fastv"]
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
@@ -260,7 +462,8 @@ def main(argv=None) -> int:
     extra = [get_pruner(name) for name in args.extra_pruners if name != args.pruner]
     image, video = inputs(args.tiny)
     rows: list[Row] = []
-    notes: list[dict] = []
+    notes: list[dict] = [selection_equality(args.device)]
+    print(f"gpu_check: {notes[0]}", flush=True)
     failed = []
     try:
         for spec in models:
@@ -284,6 +487,14 @@ def main(argv=None) -> int:
           f"{'fp32' if args.device == 'cpu' else args.dtype} · median of {args.repeats} run(s) after 1 warm-up · ms per sample · "
           f"ttft: vision + select + prefill + first token · GFLOPs: analytic prefill · mem: CUDA peak allocated")
     print(table(rows))
+    if any(r.decode != "dynamic" for r in rows):
+        print()
+        print("(c) decode=static (static KV cache, each step a CUDA graph on CUDA) against decode=dynamic:")
+        print(static_table(rows))
+    if any(":at=vision-layer" in r.pruner for r in rows):
+        print()
+        print(f"(d) selection inside the vision tower ({pruner.name}:at=vision-layer-L) against pre-LLM {pruner.name}, same keep ratio:")
+        print(vision_layer_table(rows, pruner.name))
     for note in notes:
         print(f"note: {note}")
     out = Path(args.output) if args.output else Path("runs") / f"gpu-check-{dt.datetime.now():%Y%m%d-%H%M%S}"
@@ -292,9 +503,9 @@ def main(argv=None) -> int:
               "seconds": round(time.perf_counter() - start, 1)}
     (out / "gpu_check.json").write_text(json.dumps(record, indent=2))
     print(f"gpu_check: {len(rows)} rows in {record['seconds']} s; written to {out / 'gpu_check.json'}")
-    bad_eq = [n for n in notes if n.get("ids_equal") is False or n.get("mask_agreement", 1.0) < 0.999]
+    bad_eq = [n for n in notes if n.get("ids_equal") is False or n.get("mask_agreement", 1.0) < 0.999 or "error" in n]
     if failed or bad_eq:
-        print(f"gpu_check: FAILED ({len(failed)} model(s) failed, {len(bad_eq)} equivalence check(s) off)", file=sys.stderr)
+        print(f"gpu_check: FAILED ({len(failed)} model(s) failed, {len(bad_eq)} equivalence check(s) off or setting(s) failed)", file=sys.stderr)
         return 1
     return 0
 
