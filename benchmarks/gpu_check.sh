@@ -10,7 +10,7 @@
 #       VisionZip and FastV at 0.2. Qwen2.5-VL-7B shape first, then InternVL 4B and InternVL3-8B shapes while
 #       the time budget lasts.
 #
-#   benchmarks/gpu_check.sh              # all of the above (about 6-7 minutes on an H100)
+#   benchmarks/gpu_check.sh              # all of the above (expected 6-7 minutes on an H100; not yet timed)
 #   benchmarks/gpu_check.sh --quick      # selection with 5 repeats; Qwen2.5-VL-7B shape only, one timed run, one vision layer
 #   benchmarks/gpu_check.sh --no-select  # skip (a)
 #
