@@ -22,7 +22,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python || echo python3)}"
 TOTAL="${GPU_CHECK_TIMEOUT:-420}"
 START=$SECONDS
 
