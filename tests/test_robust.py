@@ -242,6 +242,8 @@ def test_shards_replayed_in_dataset_order_equal_one_pass(tmp_path, spec):
         with SampleLog(tmp_path / f"samples.rank{rank}.jsonl") as log:
             ev.evaluate_dataset(model, ds, settings, seed=1, log=log, indices=range(rank, len(ds), 3))
     merged = ev.evaluate_dataset(model, ds, settings, seed=1, done=load_done(tmp_path), replay_only=True)
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("ms_")} for r in rows]  # noqa: E731
+    from evtp_cli.bench.results import MEASURED_COLUMNS
+
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in MEASURED_COLUMNS} for r in rows]  # noqa: E731
     assert strip(merged) == strip(one)
     assert one[1]["n_failed"] == 1 and one[2]["not_applicable"] == "needs attention maps" and one[2]["n_samples"] == 0

@@ -26,6 +26,8 @@ LATENCY_COLUMNS = ("ms_vision", "ms_select", "ms_prefill", "ms_decode", "ms_mask
 # token (median ms), CUDA peak memory (MB, null on the CPU), analytic prefill GFLOPs, the prefill-only
 # speed-up against the unpruned reference, and the layer-averaged visual-token count
 EFFICIENCY_COLUMNS = ("ttft_ms", "mem_peak_mb", "gflops_prefill", "speedup_prefill", "tokens_equiv")
+# columns that come from the clock or the allocator: they differ between two runs of the same configuration
+MEASURED_COLUMNS = (*LATENCY_COLUMNS, "speedup", "ttft_ms", "mem_peak_mb", "speedup_prefill")
 ROW_COLUMNS = (
     "model",
     "dataset",
