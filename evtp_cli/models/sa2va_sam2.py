@@ -35,6 +35,7 @@ from evtp_cli.models.sa2va_common import sam2_pixels
 def sam2_config(preset: str):
     """`tiny` (a few small layers at 128 px, for tests) or `hiera-l` (SAM 2.0 Hiera-L at 1024 px, as Sa2VA)."""
     from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VisionConfig
+    from transformers.models.sam2_video.configuration_sam2_video import Sam2VideoMaskDecoderConfig, Sam2VideoPromptEncoderConfig
 
     if preset == "hiera-l":
         hiera = Sam2HieraDetConfig(
@@ -74,8 +75,10 @@ def sam2_config(preset: str):
         # memories stay 64 wide (transformers reads 64-dim memories) and the model width a multiple of it
         return Sam2VideoConfig(
             vision_config=vision,
-            prompt_encoder_config=dict(hidden_size=width, image_size=size, patch_size=16, mask_input_channels=4),
-            mask_decoder_config=dict(hidden_size=width, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+            # config objects, not dicts: transformers 5.17 built the mask decoder's sub-config from a dict as a
+            # prompt-encoder config (AttributeError num_multimask_outputs on the H100 check)
+            prompt_encoder_config=Sam2VideoPromptEncoderConfig(hidden_size=width, image_size=size, patch_size=16, mask_input_channels=4),
+            mask_decoder_config=Sam2VideoMaskDecoderConfig(hidden_size=width, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
             image_size=size,
             memory_attention_hidden_size=width,
             memory_attention_num_layers=1,
