@@ -7,8 +7,8 @@ Stage 2 (language): with the vision encoder and mask head frozen, the LLM, proje
 offset heads learn to point at a token of the referred object (a cross-entropy over the visual tokens
 with all target tokens as positives), on images and videos.
 
-    python -m evtp_cli.models.tiny_train --stage 1 --minutes 25 --out runs/tiny
-    python -m evtp_cli.models.tiny_train --stage 2 --minutes 55 --init runs/tiny/stage1.safetensors --out runs/tiny
+    python -m evtp_cli.models.tiny_train --stage 1 --minutes 25 --lr 2e-3 --out runs/tiny
+    python -m evtp_cli.models.tiny_train --stage 2 --minutes 65 --lr 1.5e-3 --init runs/tiny/stage1.safetensors --out runs/tiny
     python -m evtp_cli.models.tiny_train --export runs/tiny/stage2.safetensors   # -> evtp_cli/assets/
 
 The shipped weights' command, seeds and wall time are recorded in evtp_cli/assets/README.md.

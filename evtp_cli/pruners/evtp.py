@@ -310,7 +310,7 @@ def evtp_select(
     k: int,
     frame_ids: torch.Tensor,
     spatial_weight: float = 0.5,
-    info_weight: float = 0.0,
+    info_weight: float = 1.0,
     temporal_scale: float = 1.0,
     temperature: float = 1.0,
     mode: str = "per-frame",
@@ -383,7 +383,7 @@ class EVTP(Pruner):
     @dataclass
     class Config:
         spatial_weight: float = 0.5
-        info_weight: float = 0.0
+        info_weight: float = 1.0
         temporal_scale: float = 1.0
         temperature: float = 1.0
         mode: Literal["global", "per-frame"] = "per-frame"
