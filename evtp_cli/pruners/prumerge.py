@@ -17,10 +17,13 @@ Here: the budget is the run's keep ratio, not the adaptive count. With k tokens 
 token takes one slot; the IQR outliers come next (the strongest first, at most k - 1); spatially
 uniform tokens (evenly spaced, in index order, over the tokens not yet kept) fill the rest. The
 adaptive count the public rule would have kept (outliers + its stride-int(1/(3 ratio)) grid + the extra
-token) is reported in `Merged.info["adaptive_tokens"]`. A merged token stands at the index of its
-kept token (the extra token: at the unkept token with the highest attention); its coordinates are
-the size-weighted mean of its members (the token and the neighbours it absorbed; for the extra token,
-every unkept token).
+token) is reported in `Merged.info["adaptive_tokens"]`. Absorbing changes a kept token's features only:
+it keeps its index and its own coordinates, as in the public code, where it keeps its place in the
+sequence. The extra token stands at, and takes the coordinates of, the unkept token with the highest
+attention (the public code appends it after the kept tokens, a place without a spatial position).
+(An earlier version gave each kept token the mean coordinates of the tokens it absorbed; neighbours
+found by key similarity lie anywhere in the image, so that moved the tokens, and tiny-ivs' [SEG]
+pointer with them: image gIoU 0.35 at 0.2 against 0.91 with own coordinates.)
 
 Differences from the public code:
 - The budget (above). The public PruMerge+ keeps about four times the outlier count.
@@ -78,8 +81,6 @@ def prumerge_plus_frame(
         s = slots - chosen.numel()
         chosen = torch.cat([chosen, rest[(torch.arange(s, device=device) * rest.numel()) // s]])
     kept = torch.sort(chosen).values
-    members = torch.zeros(k, n, dtype=torch.bool, device=device)
-    members[torch.arange(kept.numel()), kept] = True
     unit = torch.nn.functional.normalize(keys.float(), dim=-1)
     sim = unit[kept] @ unit.T
     sim[torch.arange(kept.numel()), kept] = float("-inf")  # not itself
@@ -87,17 +88,15 @@ def prumerge_plus_frame(
     weights = attention.float()[near]  # [kept, nb]
     absorbed = torch.einsum("kn,knc->kc", weights, features.float()[near])
     feats = features.float()[kept] + absorbed
-    members[torch.arange(kept.numel())[:, None], near] = True
     if k == 1:
-        return FrameResult(kept, feats.to(features.dtype), members, info)
+        return FrameResult(kept, feats.to(features.dtype), info=info)
     unkept = torch.ones(n, dtype=torch.bool, device=device)
     unkept[kept] = False
     rest = torch.nonzero(unkept).flatten()
     extra = (attention.float()[rest, None] * features.float()[rest]).sum(dim=0, keepdim=True)
     anchor = rest[torch.argmax(attention.float()[rest])]
-    members[k - 1, rest] = True
-    indices = torch.cat([kept, anchor[None]])
-    return FrameResult(indices, torch.cat([feats, extra]).to(features.dtype), members, info)
+    indices = torch.cat([kept, anchor[None]])  # no members: every output token keeps its own coordinates
+    return FrameResult(indices, torch.cat([feats, extra]).to(features.dtype), info=info)
 
 
 class PruMergePlus(VisionPruner):
