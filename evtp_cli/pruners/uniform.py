@@ -8,6 +8,7 @@ nearest not-yet-chosen token in (y, x).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -34,8 +35,18 @@ def lattice(k: int, height: int, width: int) -> torch.Tensor:
 
 
 def uniform_in_frame(yx: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of k tokens of one frame nearest to an even lattice over the frame's extent."""
-    yx = yx.double()
+    """Indices of k tokens of one frame nearest to an even lattice over the frame's extent.
+
+    The answer depends on the coordinates and k only, and a run asks for the same few grids again and
+    again, so it is computed once per (grid, k): the assignment below is a Python loop over k points.
+    """
+    yx = yx.detach().double().cpu().contiguous()
+    return torch.tensor(_uniform_cached(yx.numpy().tobytes(), yx.shape[0], k), dtype=torch.long)
+
+
+@functools.lru_cache(maxsize=256)
+def _uniform_cached(yx_bytes: bytes, n: int, k: int) -> tuple[int, ...]:
+    yx = torch.frombuffer(bytearray(yx_bytes), dtype=torch.float64).view(n, 2)
     lo, hi = yx.min(dim=0).values, yx.max(dim=0).values
     height = int(torch.unique(yx[:, 0]).numel())
     width = int(torch.unique(yx[:, 1]).numel())
@@ -52,7 +63,7 @@ def uniform_in_frame(yx: torch.Tensor, k: int) -> torch.Tensor:
         j = int(torch.argmin(row))
         taken[j] = True
         chosen.append(j)
-    return torch.tensor(chosen, dtype=torch.long)
+    return tuple(chosen)
 
 
 class Uniform(Pruner):
