@@ -279,7 +279,8 @@ def test_tome_merges_most_similar_pairs_size_weighted():
     ctx = _vision_context(None, keys)
     merged = get_pruner("tome").select_and_merge(feats, coords, 3, ctx)
     assert merged.indices.tolist() == [1, 2, 3]
-    assert merged.features[2].tolist() == [2.0, 0.0] and torch.allclose(merged.coords[2], coords[[0, 3]].mean(0))
+    # the merged token stands at its B representative (3) and keeps that token's coordinates
+    assert merged.features[2].tolist() == [2.0, 0.0] and torch.equal(merged.coords[2], coords[3])
     assert get_pruner("tome").select(feats, coords, 2, ctx).tolist() == [1, 3]
     # many rounds: sizes add up, so the size-weighted features still sum to the total
     feats, coords = _inputs(h=4, w=4)
