@@ -23,7 +23,7 @@ sequence. The extra token stands at, and takes the coordinates of, the unkept to
 attention (the public code appends it after the kept tokens, a place without a spatial position).
 (An earlier version gave each kept token the mean coordinates of the tokens it absorbed; neighbours
 found by key similarity lie anywhere in the image, so that moved the tokens, and tiny-ivs' [SEG]
-pointer with them: image gIoU 0.35 at 0.2 against 0.91 with own coordinates.)
+pointer with them: synthetic test gIoU at 0.2 was 0.345, 0.927 with own coordinates.)
 
 Differences from the public code:
 - The budget (above). The public PruMerge+ keeps about four times the outlier count.
