@@ -23,3 +23,16 @@ def grid_coords(height: int, width: int, frames: int = 1) -> torch.Tensor:
     x = (torch.arange(width, dtype=torch.float32) + 0.5) / width
     tt, yy, xx = torch.meshgrid(t, y, x, indexing="ij")
     return torch.stack([tt.flatten(), yy.flatten(), xx.flatten()], dim=1)
+
+
+def encode_capturing(model, sample, module: torch.nn.Module):
+    """(the model's encode of the sample, what `module` returned during it), via a forward hook."""
+    from evtp_cli.metrics.timing import StageTimer
+
+    got = {}
+    handle = module.register_forward_hook(lambda mod, args, out: got.update(out=out))
+    try:
+        tokens = model.encode(sample, StageTimer())
+    finally:
+        handle.remove()
+    return tokens, got["out"]

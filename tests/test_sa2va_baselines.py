@@ -18,6 +18,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import encode_capturing
 
 from evtp_cli.bench.evaluate import REFERENCE, prefill_gflops, run_sample
 from evtp_cli.bench.results import ROW_COLUMNS, read_results
@@ -144,12 +145,7 @@ def _qwen_block_output(m, sample):
     """(hooked attention output, the same recomputed from our q/k and the block's v) for the last full block."""
     visual = m.net.vlm.model.visual
     attn = visual.blocks[m.attention_block].attn
-    got = {}
-    handle = attn.register_forward_hook(lambda mod, args, out: got.update(out=out))
-    try:
-        tokens = m.encode(sample, StageTimer())
-    finally:
-        handle.remove()
+    tokens, out = encode_capturing(m, sample, attn)
     captured = tokens.state.inputs["captured"]["attn"]
     x, kwargs = captured[0][0], captured[1]
     n = x.shape[0]
@@ -164,7 +160,7 @@ def _qwen_block_output(m, sample):
     for a, b in zip(cu[:-1], cu[1:]):
         probs = torch.softmax(q[a:b].transpose(0, 1) @ k[a:b].transpose(0, 1).transpose(-1, -2) / math.sqrt(q.shape[-1]), -1)
         outs.append((probs @ v[a:b].transpose(0, 1)).transpose(0, 1).reshape(b - a, -1))
-    return got["out"], attn.proj(torch.cat(outs)), tokens, q, k
+    return out, attn.proj(torch.cat(outs)), tokens, q, k
 
 
 @torch.inference_mode()
@@ -190,18 +186,13 @@ def test_internvl_vision_attention_is_the_cls_attention(samples):
     m = model("sa2va-internvl:preset=tiny-random")
     layer = m.net.vlm.model.vision_tower.encoder.layer[m.attention_layer]
     assert m.attention_layer == len(m.net.vlm.model.vision_tower.encoder.layer) - 1
-    got = {}
-    handle = layer.attention.register_forward_hook(lambda mod, args, out: got.update(out=out[0]))
-    try:
-        tokens = m.encode(samples["image"], StageTimer())
-    finally:
-        handle.remove()
+    tokens, out = encode_capturing(m, samples["image"], layer.attention)
     attn = layer.attention
     x = tokens.state.inputs["captured"]["attn"][0][0]
     b, n, c = x.shape
     q, k, v = (proj(x).reshape(b, n, attn.num_heads, -1).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
     probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1)  # [tiles, H, n, n]
-    torch.testing.assert_close(attn.projection_layer((probs @ v).transpose(1, 2).reshape(b, n, c)), got["out"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(attn.projection_layer((probs @ v).transpose(1, 2).reshape(b, n, c)), out[0], rtol=1e-5, atol=1e-5)
     cls = probs[:, :, 0, 1:].mean(1)  # [tiles, P]: [CLS] row, patches only
     side = int(math.isqrt(cls.shape[1]))
     grid = cls.reshape(b, side, side)  # InternVL's pixel shuffle: each token holds a 2x2 block of patches, row-major

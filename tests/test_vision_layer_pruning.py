@@ -17,6 +17,7 @@ import math
 
 import pytest
 import torch
+from conftest import encode_capturing
 
 from evtp_cli.bench.evaluate import run_sample
 from evtp_cli.data import load_dataset
@@ -73,13 +74,7 @@ def block_output(m, sample, layer: int):
         block = m.net.vlm.model.visual.blocks[layer]
     else:
         block = m.net.vlm.model.vision_tower.encoder.layer[layer]
-    got = {}
-    handle = block.register_forward_hook(lambda mod, args, out: got.update(out=out))
-    try:
-        tokens = m.encode(sample, StageTimer())
-    finally:
-        handle.remove()
-    return tokens, got["out"]
+    return encode_capturing(m, sample, block)
 
 
 def rows_of(m, tokens, output: torch.Tensor) -> torch.Tensor:
