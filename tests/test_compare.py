@@ -1,7 +1,6 @@
 """The regression gate: identical results pass, a 0.05 gIoU drop or a missing row fails (exit 1)."""
 
 import copy
-import json
 
 import pytest
 

@@ -10,8 +10,7 @@ import torch
 from evtp_cli.bench.evaluate import REFERENCE, Setting, add_speedups, evaluate_dataset, sample_seed
 from evtp_cli.bench.results import SampleLog
 from evtp_cli.data import load_dataset
-from evtp_cli.metrics import IoUAccumulator, JFAccumulator
-from evtp_cli.models.base import IVSModel, Prediction, PrunePlan, VisualTokens
+from evtp_cli.models.base import IVSModel, Prediction, VisualTokens
 from evtp_cli.pruners import get_pruner
 from evtp_cli.pruners.base import PruneContext
 

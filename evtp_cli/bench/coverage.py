@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from evtp_cli.bench.evaluate import Setting, record_key, run_sample, sample_seed, score_sample
+from evtp_cli.bench.evaluate import Setting, record_key, run_sample, score_sample, select_pre_llm
 from evtp_cli.errors import EvtpError
 
 ALL_PRUNERS = "(pooled)"
@@ -43,13 +43,6 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     if np.ptp(rx) == 0 or np.ptp(ry) == 0:
         return None
     return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def covering_radius(points, kept) -> float:
-    """max over all points of the Euclidean distance to the nearest kept point (float64)."""
-    from evtp_cli.pruners.greedy import covering_radius as radius
-
-    return radius(points, kept)
 
 
 @dataclass
@@ -79,7 +72,7 @@ def analyse(results_dir: str | Path, device: str = "cpu", progress: Callable[[st
     from evtp_cli.metrics.timing import StageTimer
     from evtp_cli.models import load_model
     from evtp_cli.pruners import get_pruner
-    from evtp_cli.pruners.base import keep_count
+    from evtp_cli.pruners.greedy import covering_radius
 
     out = Path(results_dir)
     identity = rs.previous_identity(out)
@@ -129,11 +122,8 @@ def analyse(results_dir: str | Path, device: str = "cpu", progress: Callable[[st
                     if not checked:  # the model must still predict what the run recorded, or radii and accuracy do not pair
                         warnings += _check_prediction(model, sample, pruner, setting, identity["seed"], rec, IoUAccumulator, JFAccumulator)
                         checked = True
-                    k = keep_count(setting.ratio, tokens.count)
-                    context = tokens.context
-                    context.seed = sample_seed(identity["seed"], sample.id)
                     try:
-                        keep = pruner.select_and_merge(tokens.features, tokens.coords, k, context).indices
+                        keep = select_pre_llm(pruner, tokens, setting.ratio, identity["seed"], sample.id).indices
                     except PrunerNotApplicable as exc:
                         skipped[name] = str(exc)
                         continue

@@ -22,7 +22,7 @@ from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.metrics import IoUAccumulator, JFAccumulator
 from evtp_cli.metrics.timing import STAGES, StageTimer
 from evtp_cli.models.base import IVSModel, PrunePlan
-from evtp_cli.pruners.base import PruneContext, keep_count
+from evtp_cli.pruners.base import Merged, keep_count
 from evtp_cli.pruners.stages import inner_hook
 
 REFERENCE = "none"  # the pruner name of the unpruned reference rows
@@ -61,6 +61,14 @@ def sample_seed(seed: int, sample_id: str) -> int:
     return zlib.crc32(f"{seed}:{sample_id}".encode()) & 0x7FFF_FFFF
 
 
+def select_pre_llm(pruner: Any, tokens: Any, ratio: float, seed: int, sample_id: str) -> Merged:
+    """What a pre-LLM pruner keeps of one encoded sample, chosen exactly as an evaluation run chooses it
+    (budget from the ratio, the per-sample seed). Used by runs, `evtp coverage` and `evtp visualize`."""
+    context = tokens.context
+    context.seed = sample_seed(seed, sample_id)
+    return pruner.select_and_merge(tokens.features, tokens.coords, keep_count(ratio, tokens.count), context)
+
+
 def run_sample(model: IVSModel, sample: Sample, pruner: Any | None, ratio: float, seed: int) -> tuple[Any, dict[str, float], int, int]:
     """Encode, select, decode one sample. Returns (prediction, stage ms, tokens total, tokens kept).
 
@@ -86,13 +94,10 @@ def run_sample(model: IVSModel, sample: Sample, pruner: Any | None, ratio: float
     plan = PrunePlan()
     kept = n
     if pruner is not None and ratio < 1.0:
-        k = keep_count(ratio, n)
-        context = tokens.context
-        context.seed = sample_seed(seed, sample.id)
         stage = getattr(pruner, "stage", "pre-llm")
         if stage == "pre-llm":
             with timer.stage("select"):
-                merged = pruner.select_and_merge(tokens.features, tokens.coords, k, context)
+                merged = select_pre_llm(pruner, tokens, ratio, seed, sample.id)
             plan = PrunePlan(
                 keep=merged.indices,
                 features=merged.features if pruner.merges else None,
@@ -100,6 +105,9 @@ def run_sample(model: IVSModel, sample: Sample, pruner: Any | None, ratio: float
             )
             kept = int(merged.features.shape[0])
         else:
+            k = keep_count(ratio, n)
+            context = tokens.context
+            context.seed = sample_seed(seed, sample.id)
             hook = inner_hook(pruner, k, context, tuple(model.inner_stages), model.name)
             layers = hook.layers(model.llm_layers)
             plan = PrunePlan(inner=hook, inner_stage=stage, inner_keep=k, inner_layers=layers, inner_layer=layers[0] if layers else None)
@@ -290,8 +298,6 @@ def evaluate_dataset(
             row.update(acc.extra.compute())
         if acc.writer is not None and acc.writer.count:
             row["predictions_zip"] = str(acc.writer.finish())
-        if row["gflops_prefill"] is None and acc.tokens_kept and model.prefill_flops(1) is not None:  # records without it
-            row["gflops_prefill"] = prefill_gflops(model, [int(round(statistics.mean(acc.tokens_equiv or acc.tokens_kept)))], TEXT_TOKENS)
         rows.append(row)
     return rows
 
@@ -416,20 +422,12 @@ def _replay(acc: _Accumulators, rec: dict[str, Any]) -> SampleOutcome | None:
 
 
 def _replay_extra(extra: Any, rec: dict[str, Any]) -> None:
-    """A dataset scorer's state from a record: `extra.replay(rec)` if it has one; ReVOS's A/R scorer here."""
-    if hasattr(extra, "replay"):
-        extra.replay(rec)
-        return
-    from evtp_cli.metrics.revos import ReVOSScorer
-
-    if not isinstance(extra, ReVOSScorer) or "subset" not in rec or "frames" not in rec:
+    """A dataset scorer's state from a record, through the scorer's own `replay(rec)`."""
+    if not getattr(extra, "replay", lambda rec: False)(rec):
         raise EvtpError(
             f"cannot reuse the finished samples of this dataset ({type(extra).__name__} keeps state samples.jsonl "
             "does not record); run without --resume, or with --overwrite"
         )
-    n, key = int(rec["frames"]), ("replayed", rec["id"])
-    extra.acc.jf[rec["subset"]].per_expr[key] = [rec["J"], rec["F"], 1]
-    extra.acc.ar[(rec["subset"], key)] = [rec["A"] * n, rec["R"] * n, n]
 
 
 def _median(values: Iterable[float]) -> float | None:
@@ -487,5 +485,5 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
 
 __all__ = [
     "LATENCY_COLUMNS", "REFERENCE", "FailureBudget", "Setting", "add_speedups", "evaluate_dataset", "record_key",
-    "run_sample", "sample_seed",
+    "run_sample", "sample_seed", "select_pre_llm",
 ]

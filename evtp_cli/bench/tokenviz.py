@@ -66,20 +66,16 @@ def key_frames(sample: Any, model: Any, count: int) -> list[int]:
 
 
 def token_maps(model: Any, sample: Any, pruners: list[tuple[str, Any]], ratio: float, seed: int) -> tuple[Any, list[TokenMap]]:
-    from evtp_cli.bench.evaluate import sample_seed
+    from evtp_cli.bench.evaluate import select_pre_llm
     from evtp_cli.metrics.timing import StageTimer
-    from evtp_cli.pruners.base import keep_count
     from evtp_cli.pruners.greedy import covering_radius
 
     tokens = model.encode(sample, StageTimer(str(model.device)))
-    k = keep_count(ratio, tokens.count)
     maps = []
     for name, pruner in pruners:
         if getattr(pruner, "stage", "pre-llm") != "pre-llm":
             raise EvtpError(f"{name} acts inside the model (stage {pruner.stage}); visualize draws pre-LLM selections only")
-        context = tokens.context
-        context.seed = sample_seed(seed, sample.id)
-        keep = pruner.select_and_merge(tokens.features, tokens.coords, k, context).indices.cpu()
+        keep = select_pre_llm(pruner, tokens, ratio, seed, sample.id).indices.cpu()
         maps.append(TokenMap(name, keep, covering_radius(tokens.coords.double().cpu(), keep)))
     return tokens, maps
 

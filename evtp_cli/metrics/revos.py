@@ -112,6 +112,16 @@ class ReVOSScorer:
         out = self.acc.update(sample.id, meta["subset"], list(masks), list(sample.masks), self.foreground(meta["video_id"]))
         return {"A": out["A"], "R": out["R"]}
 
+    def replay(self, rec: dict) -> bool:
+        """Restore one finished sample from its samples.jsonl record (J, F, A, R, subset, frames); False
+        when the record lacks a field this scorer needs."""
+        if "subset" not in rec or "frames" not in rec:
+            return False
+        n, key = int(rec["frames"]), ("replayed", rec["id"])
+        self.acc.jf[rec["subset"]].per_expr[key] = [rec["J"], rec["F"], 1]
+        self.acc.ar[(rec["subset"], key)] = [rec["A"] * n, rec["R"] * n, n]
+        return True
+
     def compute(self) -> dict[str, float | None]:
         res = self.acc.compute()
         row: dict[str, float | None] = {k: res.get("overall", {}).get(k) for k in ("J", "F", "JF", "A", "R")}

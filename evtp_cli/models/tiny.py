@@ -26,7 +26,7 @@ from evtp_cli.data.frames import key_frame_indices
 from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models.base import IVSModel, Prediction, PrunePlan, VisualTokens
-from evtp_cli.models.tiny_net import SEG, TinyIVSNet, grid_coords
+from evtp_cli.models.tiny_net import SEG, grid_coords
 from evtp_cli.pruners.base import PruneContext
 from evtp_cli.pruners.stages import LayerPrune, LLMState, VisionState, attention_received, attention_rows, member_mean
 
