@@ -126,7 +126,8 @@ def cls_received(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 # in-LLM side
 
 
-def _module_function(module: nn.Module, name: str):
+def module_function(module: nn.Module, name: str):
+    """A function of the transformers modeling file that defines `module`'s class (None if it has none)."""
     return getattr(sys.modules[type(module).__module__], name, None)
 
 
@@ -142,11 +143,11 @@ def layer_qk(layer: nn.Module, x: torch.Tensor, position_embeddings) -> tuple[to
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
     cos, sin = position_embeddings
-    multimodal = _module_function(attn, "apply_multimodal_rotary_pos_emb")
+    multimodal = module_function(attn, "apply_multimodal_rotary_pos_emb")
     if cos.dim() == 4 and multimodal is not None:  # transformers 4.x Qwen2.5-VL: cos/sin [3, 1, L, dh]
         q, k = multimodal(q, k, cos, sin, attn.rope_scaling["mrope_section"])
     else:
-        q, k = _module_function(attn, "apply_rotary_pos_emb")(q, k, cos, sin)
+        q, k = module_function(attn, "apply_rotary_pos_emb")(q, k, cos, sin)
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)
@@ -266,10 +267,7 @@ class LLMPruneHooks:
         merged = result.merged
         if merged is not None and merged.shape[0] > 0:
             m = int(merged.shape[0])
-            groups = result.groups.to(device)
-            inside = torch.nonzero(groups >= 0).flatten()
-            members = torch.zeros(m, n, dtype=torch.bool, device=device)
-            members[groups[inside], inside] = True
+            members = result.members(n, device)
             first = torch.argmax(members.to(torch.uint8), dim=1)  # each group's first member
             at = int(visual[-1]) + 1 if visual.numel() else int(alive[: int(self.visual[0])].sum())
             hidden = torch.cat([hidden[:, :at], merged.to(device=device, dtype=hidden.dtype)[None], hidden[:, at:]], 1)

@@ -29,7 +29,6 @@ Tiny preset: 4 decoder layers (so FastV's and DART's K = 2 has layers on both si
 from __future__ import annotations
 
 import inspect
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -40,7 +39,7 @@ import torch
 from evtp_cli.errors import EvtpError
 from evtp_cli.models.sa2va_base import OUT_OF_SCOPE, Sa2VABackend, Sa2VAOptions, Sa2VAState, pooled
 from evtp_cli.models.sa2va_common import QwenPatching, frame_time, grid_yx, qwen_patches, qwen_prompt, token_id, with_time
-from evtp_cli.models.sa2va_inner import VisionSide, capture_inputs, first_input, mean_received, once
+from evtp_cli.models.sa2va_inner import VisionSide, capture_inputs, first_input, mean_received, module_function, once
 from evtp_cli.models.sa2va_tower import qwen_in_tower
 from evtp_cli.models.sa2va_weights import NameMap, qwen_map
 
@@ -204,9 +203,7 @@ class Sa2VAQwen(Sa2VABackend):
     @property
     def attention_block(self) -> int:
         """The vision block vision methods read: the last full-attention one (the last block if none is)."""
-        visual = self.net.vlm.model.visual
-        full = list(getattr(visual.config, "fullatt_block_indexes", None) or [])
-        return max(full) if full else len(visual.blocks) - 1
+        return max(self.vision_layers(), default=len(self.net.vlm.model.visual.blocks) - 1)
 
     def _vision_side(self, inputs: dict) -> VisionSide:
         visual = self.net.vlm.model.visual
@@ -225,7 +222,7 @@ class Sa2VAQwen(Sa2VABackend):
             n = x.shape[0]
             q, k, _ = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
             cos, sin = captured["attn"][1]["position_embeddings"]
-            rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
+            rotary = module_function(attn, "apply_rotary_pos_emb_vision")
             return rotary(q, k, cos, sin)
 
         @once

@@ -304,10 +304,7 @@ def _apply_layer_prune(result: LayerPrune, h, feats, coords, sizes):
     keep = result.keep.to(h.device)
     vis, feats_k, coords_k, sizes_k = h[:, keep], feats[keep], coords[keep], sizes[keep]
     if result.merged is not None and result.merged.shape[0] > 0:
-        groups = result.groups.to(h.device)
-        inside = torch.nonzero(groups >= 0).flatten()
-        members = torch.zeros(result.merged.shape[0], n, dtype=torch.bool, device=h.device)
-        members[groups[inside], inside] = True
+        members = result.members(n, h.device)
         merged_feats, merged_sizes = member_mean(feats, sizes, members)
         merged_coords, _ = member_mean(coords, sizes, members)
         vis = torch.cat([vis, result.merged.to(h.dtype)[None]], 1)

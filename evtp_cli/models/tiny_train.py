@@ -271,8 +271,7 @@ def stage2_step(net: TinyIVSNet, batch: Batch, probes: LLMProbes | None = None) 
         total = total + out["probe"]
     with torch.no_grad():
         out["hit"] = positive[torch.arange(bsz), logits.argmax(1)].float().mean()
-    out["loss"] = total
-    return {"loss": out.pop("loss"), **out}
+    return {"loss": total, **out}
 
 
 def save(net: TinyIVSNet, path: Path, extra: dict) -> None:

@@ -180,6 +180,14 @@ class LayerPrune:
     def count(self) -> int:
         return int(self.keep.numel()) + (0 if self.merged is None else int(self.merged.shape[0]))
 
+    def members(self, n: int, device: torch.device | str) -> torch.Tensor:
+        """[m, n] bool: which of the n current visual tokens each merged token stands for."""
+        groups = self.groups.to(device)
+        inside = torch.nonzero(groups >= 0).flatten()
+        members = torch.zeros(int(self.merged.shape[0]), n, dtype=torch.bool, device=device)
+        members[groups[inside], inside] = True
+        return members
+
 
 class InnerHook:
     """A vision/llm method bound to one sample's budget and context: what `PrunePlan.inner` holds."""
