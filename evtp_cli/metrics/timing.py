@@ -14,6 +14,28 @@ from typing import Iterator
 STAGES = ("vision", "select", "prefill", "decode", "mask")
 
 
+class TimedSpan:
+    """What one `timer.stage(name)` block added to its timer; `retract()` takes it back (once).
+
+    Used where a stage is timed before it is known whether it counts: the encode's full vision tower,
+    which selecting inside the tower replaces with a pruned run.
+    """
+
+    def __init__(self, timer: "StageTimer", name: str) -> None:
+        self.timer, self.name = timer, name
+        self.cpu_ms = 0.0
+        self.event: tuple[str, object, object] | None = None
+        self.retracted = False
+
+    def retract(self) -> None:
+        if self.retracted:
+            return
+        self.retracted = True
+        if self.event is not None and self.event in self.timer._events:
+            self.timer._events.remove(self.event)
+        self.timer._cpu_ms[self.name] -= self.cpu_ms
+
+
 class StageTimer:
     def __init__(self, device: str = "cpu") -> None:
         self.cuda = str(device).startswith("cuda")
@@ -21,7 +43,8 @@ class StageTimer:
         self._events: list[tuple[str, object, object]] = []
 
     @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str) -> Iterator[TimedSpan]:
+        span = TimedSpan(self, name)
         if self.cuda:
             import torch
 
@@ -29,16 +52,18 @@ class StageTimer:
             end = torch.cuda.Event(enable_timing=True)
             start.record()
             try:
-                yield
+                yield span
             finally:
                 end.record()
-                self._events.append((name, start, end))
+                span.event = (name, start, end)
+                self._events.append(span.event)
         else:
             t0 = time.perf_counter()
             try:
-                yield
+                yield span
             finally:
-                self._cpu_ms[name] += (time.perf_counter() - t0) * 1000.0
+                span.cpu_ms = (time.perf_counter() - t0) * 1000.0
+                self._cpu_ms[name] += span.cpu_ms
 
     def result(self) -> dict[str, float]:
         """Milliseconds per stage (all of STAGES present; 0.0 where a stage did not run)."""

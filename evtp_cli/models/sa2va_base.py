@@ -49,7 +49,7 @@ from torch import nn
 from evtp_cli.data.base import Sample
 from evtp_cli.data.frames import key_frame_indices
 from evtp_cli.errors import EvtpError, PrunerNotApplicable
-from evtp_cli.metrics.timing import StageTimer
+from evtp_cli.metrics.timing import StageTimer, TimedSpan
 from evtp_cli.models.base import IVSModel, Prediction, PrunePlan, VisualTokens
 from evtp_cli.models.hooks import PrunedPrefill, decode_position_ids, prune_prefill
 from evtp_cli.models.sa2va_inner import LLMPruneHooks, VisionSide
@@ -65,7 +65,6 @@ from evtp_cli.models.sa2va_common import (
 )
 from evtp_cli.models.sa2va_sam2 import Sa2VAMaskDecoder, mask_downsampler_layers, sam2_config
 from evtp_cli.models.sa2va_static import StaticDecoder, StaticDecoders, check_static
-from evtp_cli.models.sa2va_tower import TimedSpan, retractable_stage
 from evtp_cli.models.sa2va_weights import MappingError, NameMap, check_complete
 from evtp_cli.pruners.base import PruneContext
 from evtp_cli.pruners.stages import VisionState
@@ -509,7 +508,7 @@ class Sa2VABackend(IVSModel):
         frames, keys = self.prepare(sample)
         with timer.stage("vision"):
             coords, frame_ids, blocks, inputs = self._preprocess([frames[k] for k in keys], sample.task)
-        with retractable_stage(timer, "vision") as tower:  # taken back when the tower runs again, pruned inside
+        with timer.stage("vision") as tower:  # taken back when the tower runs again, pruned inside
             features = self._tower(inputs)
         text = instruction(sample.text, sample.task, is_question(sample.meta))
         ids = self.tokenizer.encode(self._prompt(text, blocks), add_special_tokens=False)

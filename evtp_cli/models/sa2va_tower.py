@@ -28,7 +28,7 @@ position embeddings added once, layers without masks, `pixel_shuffle`, `multi_mo
   go back on the full grid for the pixel shuffle, whose rows of kept tokens go through the projector.
   L may be any layer up to the one the features come from (`vision_feature_layer`).
 
-Timing (`retractable_stage`, `TimedSpan`): the encode runs the full tower (it does not know the method
+Timing (`StageTimer.stage` yields a `TimedSpan`): the encode runs the full tower (it does not know the method
 yet) in its own "vision" span; selecting inside the tower takes that span back and times the pruned run
 instead, as "vision" (blocks) + "select" (the method) + "vision" (later blocks, projector).
 """
@@ -36,7 +36,7 @@ instead, as "vision" (blocks) + "select" (the method) + "vision" (later blocks, 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -45,52 +45,6 @@ from evtp_cli.errors import EvtpError
 from evtp_cli.metrics.timing import StageTimer
 
 Choose = Callable[[torch.Tensor], torch.Tensor]  # rows [N, c] in the LLM's order -> kept indices, sorted
-
-
-# ---------------------------------------------------------------------------------------------
-# timing
-
-
-class TimedSpan:
-    """What one `timer.stage(name)` block added to a `StageTimer`, so that it can be taken back once.
-
-    StageTimer has no public way to remove time; this reads its two stores (milliseconds per stage on
-    the CPU, pairs of CUDA events on a GPU), which is why it lives next to its only use.
-    """
-
-    def __init__(self, timer: Any, name: str):
-        self.timer, self.name = timer, name
-        self.cpu_ms = 0.0
-        self.events: list = []
-        self.retracted = False
-
-    def retract(self) -> None:
-        if self.retracted:
-            return
-        self.retracted = True
-        events = getattr(self.timer, "_events", None)
-        for entry in self.events:
-            if events is not None and entry in events:
-                events.remove(entry)
-        cpu = getattr(self.timer, "_cpu_ms", None)
-        if cpu is not None and self.cpu_ms:
-            cpu[self.name] = cpu.get(self.name, 0.0) - self.cpu_ms
-
-
-@contextlib.contextmanager
-def retractable_stage(timer: StageTimer, name: str) -> Iterator[TimedSpan]:
-    """`timer.stage(name)`, remembering what it added (see `TimedSpan`)."""
-    span = TimedSpan(timer, name)
-    cpu = getattr(timer, "_cpu_ms", None)
-    events = getattr(timer, "_events", None)
-    before_ms = cpu.get(name, 0.0) if cpu is not None else 0.0
-    before_n = len(events) if events is not None else 0
-    with timer.stage(name):
-        yield span
-    if cpu is not None:
-        span.cpu_ms = cpu.get(name, 0.0) - before_ms
-    if events is not None:
-        span.events = list(events[before_n:])
 
 
 # ---------------------------------------------------------------------------------------------
