@@ -245,11 +245,10 @@ def table(rows: list[Row]) -> str:
     head += f" {'total':>8} {'ttft':>8} {'ms/tok':>7} {'speedup':>8} {'prefill×':>8} {'GFLOPs':>8} {'mem MB':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        per_token = r.ms["decode"] / r.decode_steps if r.decode_steps else float("nan")
         decode = "graph" if r.decode.endswith("cuda-graph") else r.decode[:7]
         line = (f"{r.model:<26} {r.input:<6} {r.attn[:6]:<6} {decode:<7} {r.answer[:9]:<9} {r.pruner[:24]:<24} {r.ratio:>5.2f} "
                 f"{f'{r.tokens_kept}/{r.tokens_total}':>11} {r.prefill_length:>6} ")
-        line += " ".join(f"{r.ms[s]:>8.1f}" for s in STAGES) + f" {r.ms['total']:>8.1f} {r.ms['ttft']:>8.1f} {per_token:>7.1f}"
+        line += " ".join(f"{r.ms[s]:>8.1f}" for s in STAGES) + f" {r.ms['total']:>8.1f} {r.ms['ttft']:>8.1f} {per_token(r):>7.1f}"
         line += f" {r.speedup or float('nan'):>7.2f}× {r.prefill_speedup or float('nan'):>7.2f}×"
         line += f" {r.gflops_prefill or float('nan'):>8.4g} {r.mem_peak_mb or float('nan'):>8.0f}"
         lines.append(line)

@@ -577,7 +577,7 @@ def test_synthetic_jpeg_option_is_off_by_default():
 @pytest.mark.parametrize("fmt", ["refcoco", "mevis"])
 def test_exported_folder_evaluates_like_its_synthetic_source(tmp_path, capsys, fmt):
     """End to end: tiny-ivs on an exported folder scores exactly as on `synthetic-*:jpeg=true`."""
-    from evtp_cli.bench.results import METRIC_COLUMNS
+    from evtp_cli.bench.results import METRIC_COLUMNS, read_results
     from evtp_cli.cli import main
 
     result = export_synthetic(fmt, tmp_path / fmt, n=4, seed=3)
@@ -586,7 +586,7 @@ def test_exported_folder_evaluates_like_its_synthetic_source(tmp_path, capsys, f
         with pytest.raises(SystemExit) as done:
             main(["prune-eval", "-d", spec, "-p", "evtp", "-r", "0.1", "-o", str(tmp_path / name)])
         assert done.value.code == 0, capsys.readouterr().err
-        rows[name] = json.loads((tmp_path / name / "results.json").read_text())["rows"]
+        rows[name] = read_results(tmp_path / name)["rows"]
     pick = lambda rs: [(r["pruner"], r["ratio"], r["n_samples"], *(r.get(c) for c in METRIC_COLUMNS)) for r in rs]  # noqa: E731
     assert pick(rows["reader"]) == pick(rows["source"])
     assert all(r["n_samples"] == 4 and r["n_failed"] == 0 for r in rows["reader"])

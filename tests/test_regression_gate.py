@@ -1,10 +1,9 @@
 """CI's regression gate: the short tiny-ivs sweep must match the committed baseline (benchmarks/baselines/)."""
 
-import json
-
 import pytest
 
 from evtp_cli.bench.regression import BASELINE, run_gate
+from evtp_cli.bench.results import read_results
 
 
 @pytest.mark.slow
@@ -13,5 +12,5 @@ def test_short_sweep_matches_committed_baseline(tmp_path, capsys):
     code = run_gate(tmp_path / "gate")
     out = capsys.readouterr().out
     assert code == 0, out
-    rows = json.loads((tmp_path / "gate" / "results.json").read_text())["rows"]
+    rows = read_results(tmp_path / "gate")["rows"]
     assert {r["pruner"] for r in rows} == {"none", "evtp", "kcenter", "random"}

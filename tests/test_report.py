@@ -9,6 +9,7 @@ import torch
 
 from evtp_cli.bench.coverage import ALL_PRUNERS, spearman
 from evtp_cli.bench.report import pareto_front
+from evtp_cli.bench.results import read_results
 from evtp_cli.cli import main
 from test_cli import run_cli as cli
 
@@ -55,7 +56,7 @@ def test_report_md(sweep, capsys):
     assert "pruners `uniform`, `random`; ratios 0.1, 0.5" in text  # what ran, for provenance
     for link in [part.split(")")[0] for part in text.split("](")[1:]]:
         assert (sweep / link).is_file(), link
-    rows = json.loads((sweep / "results.json").read_text())["rows"]
+    rows = read_results(sweep)["rows"]
     uniform = next(r for r in rows if r["pruner"] == "uniform" and r["ratio"] == 0.5)
     assert f"{uniform['giou']:.3f}" in text
 
@@ -125,7 +126,7 @@ def test_visualize_png(tmp_path, capsys):
 def test_compare_gate_on_a_sweep(sweep, tmp_path, capsys):
     code, out, _ = cli(capsys, "compare", str(sweep), str(sweep))
     assert code == 0 and "no regression" in out
-    data = json.loads((sweep / "results.json").read_text())
+    data = read_results(sweep)
     row = next(r for r in data["rows"] if r["pruner"] == "uniform" and r["ratio"] == 0.5)
     row["giou"] -= 0.05
     (tmp_path / "results.json").write_text(json.dumps(data))

@@ -7,6 +7,7 @@ import pytest
 
 from evtp_cli.bench import evaluate as ev
 from evtp_cli.bench.resume import load_done, merge_sample_files, repair_tail
+from evtp_cli.bench.results import read_results
 from evtp_cli.cli import main
 from test_cli import run_cli as cli
 
@@ -20,7 +21,7 @@ def lines(text):
 
 
 def rows_of(folder):
-    return json.loads((folder / "results.json").read_text())["rows"]
+    return read_results(folder)["rows"]
 
 
 def metric_columns(rows):
@@ -100,7 +101,7 @@ def test_corrupt_jpeg_fails_only_its_video(capsys, tmp_path, corrupt_mevis):
     assert {r["id"] for r in records if r["status"] == "ok"} == {"v00000/0", "v00002/0"}
     summary = " ".join(stdout.split())
     assert "2 failed sample(s)" in summary and "v00001/0, v00001/1" in summary and "cannot read image" in summary
-    meta = json.loads((out / "results.json").read_text())["meta"]
+    meta = read_results(out)["meta"]
     assert meta["failed_samples"] == {f"mevis:root={corrupt_mevis},split=valid_u": ["v00001/0", "v00001/1"]}
 
 
@@ -109,7 +110,7 @@ def test_max_failures_stops_with_exit_3_after_writing(capsys, tmp_path, corrupt_
     code, _, err = cli(capsys, "prune-eval", "-d", f"mevis:root={corrupt_mevis},split=valid_u", "-p", "uniform", "-o", str(out),
                        "--max-failures", "0")
     assert code == 3 and "stopped after 1 failed samples (--max-failures 0)" in " ".join(err.split())
-    data = json.loads((out / "results.json").read_text())
+    data = read_results(out)
     assert data["meta"]["stopped_early"] is True
     assert [(r["n_samples"], r["n_failed"]) for r in data["rows"]] == [(1, 1), (1, 1)]  # v00000/0 scored, v00001/0 failed
     assert len((out / "samples.jsonl").read_text().splitlines()) == 4

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from evtp_cli.bench.results import read_results
 from evtp_cli.data import load_dataset
 from evtp_cli.errors import EvtpError
 from evtp_cli.metrics.timing import StageTimer
@@ -361,7 +362,7 @@ def test_prune_eval_runs_and_keeps_a_quarter(name, tmp_path, capsys):
         main(["prune-eval", "--model", f"{name}:preset=tiny-random", "--dataset", "synthetic-image:n=3",
               "--dataset", "synthetic-video:n=2", "--pruner", "evtp", "--ratio", "0.25", "--output", str(out)])
     assert exc.value.code == 0, capsys.readouterr().err
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    rows = read_results(out)["rows"]
     pruned = [r for r in rows if r["pruner"] == "evtp"]
     assert {r["task"] for r in pruned} == {"image", "video"}
     for row in rows:

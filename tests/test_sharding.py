@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from evtp_cli.bench.distributed import Shard
+from evtp_cli.bench.results import read_results
 from evtp_cli.cli import main
 
 ARGS = ["prune-eval", "-d", "synthetic-image:n=6,size=32,synthetic-video:n=3,frames=3,size=32", "-p", "random", "-r", "0.3", "--limit", "5"]
@@ -55,8 +56,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*ARGS, "-o", str(one)])
     assert exc.value.code == 0
-    rows_one = json.loads((one / "results.json").read_text())["rows"]
-    data_two = json.loads((two / "results.json").read_text())
+    rows_one = read_results(one)["rows"]
+    data_two = read_results(two)
     assert data_two["meta"]["world_size"] == 2
     assert [{k: r[k] for k in METRICS} for r in data_two["rows"]] == [{k: r[k] for k in METRICS} for r in rows_one]
     assert all(r["n_samples"] == (5 if r["task"] == "image" else 3) for r in rows_one)
@@ -69,6 +70,6 @@ def test_two_gloo_processes_match_one_process(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*ARGS, "-o", str(two), "--resume"])
     assert exc.value.code == 0
-    assert [{k: r[k] for k in METRICS} for r in json.loads((two / "results.json").read_text())["rows"]] == [
+    assert [{k: r[k] for k in METRICS} for r in read_results(two)["rows"]] == [
         {k: r[k] for k in METRICS} for r in rows_one
     ]
