@@ -36,3 +36,38 @@ def encode_capturing(model, sample, module: torch.nn.Module):
     finally:
         handle.remove()
     return tokens, got["out"]
+
+
+_MODELS: dict[str, object] = {}
+
+
+def cached_model(spec: str, build=None):
+    """The model for `spec`, built once per session (by `build()` if given, else `load_model(spec)`), with
+    normal parameters even when first asked for inside inference mode."""
+    if spec not in _MODELS:
+        from evtp_cli.models import load_model
+
+        with torch.inference_mode(False):
+            _MODELS[spec] = build() if build is not None else load_model(spec)
+    return _MODELS[spec]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: these tensors are small, and on a busy 2-core machine two threads spin-wait
+    on each other (the tiny-ivs sweep takes ~20 s with one thread, minutes with two under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SAMPLE_DATASETS = ["synthetic-image:n=1", "synthetic-video:n=1,frames=4"]
+
+
+@pytest.fixture(scope="module")
+def samples():
+    """One synthetic image and one 4-frame video (a module may define its own `samples`)."""
+    from evtp_cli.data import load_dataset
+
+    return {"image": load_dataset(SAMPLE_DATASETS[0])[0], "video": load_dataset(SAMPLE_DATASETS[1])[0]}

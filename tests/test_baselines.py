@@ -35,14 +35,7 @@ BASELINES = ["fastv", "sparsevlm", "visionzip", "fastervlm", "vispruner", "prume
 IN_MODEL = [n for n in list_pruners() if getattr(PRUNERS.load(n), "stage", "pre-llm") != "pre-llm"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tensors are small, and on a busy 2-core machine two threads spin-wait
-    on each other (the tiny-ivs sweep takes ~20 s with one thread, minutes with two under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _stage(name):

@@ -18,14 +18,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import encode_capturing
+from conftest import SAMPLE_DATASETS, cached_model, encode_capturing
 
 from evtp_cli.bench.evaluate import REFERENCE, prefill_gflops, run_sample
 from evtp_cli.bench.results import ROW_COLUMNS, read_results
 from evtp_cli.bench.runner import RunConfig, run
-from evtp_cli.data import load_dataset
 from evtp_cli.metrics.timing import StageTimer
-from evtp_cli.models import load_model
 from evtp_cli.models.base import PrunePlan
 from evtp_cli.models.hooks import decode_position_ids
 from evtp_cli.models.sa2va_inner import capture_inputs
@@ -33,29 +31,9 @@ from evtp_cli.pruners import PRUNERS, get_pruner, list_pruners
 from evtp_cli.pruners.stages import LayerPrune, topk_sorted
 
 FAMILIES = ["sa2va-qwen", "sa2va-internvl"]
-DATASETS = ["synthetic-image:n=1", "synthetic-video:n=1,frames=4"]
-_MODELS: dict[str, object] = {}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors, and a busy 2-core machine (see test_baselines.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def model(spec: str):
-    if spec not in _MODELS:
-        with torch.inference_mode(False):
-            _MODELS[spec] = load_model(spec)
-    return _MODELS[spec]
-
-
-@pytest.fixture(scope="module")
-def samples():
-    return {"image": load_dataset(DATASETS[0])[0], "video": load_dataset(DATASETS[1])[0]}
+DATASETS = SAMPLE_DATASETS
+pytestmark = pytest.mark.usefixtures("one_thread")
+model = cached_model
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import cached_model
 
 from evtp_cli.bench.results import read_results
 from evtp_cli.data import load_dataset
@@ -25,14 +26,7 @@ from evtp_cli.models.base import PrunePlan
 from evtp_cli.models.hooks import prune_prefill
 
 FAMILIES = ["sa2va-qwen", "sa2va-internvl"]
-_MODELS: dict[str, object] = {}
-
-
-def model(spec: str):
-    if spec not in _MODELS:
-        with torch.inference_mode(False):  # normal parameters, even when first asked for inside inference mode
-            _MODELS[spec] = load_model(spec)
-    return _MODELS[spec]
+model = cached_model
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from evtp_cli.bench.evaluate import run_sample
-from evtp_cli.data import load_dataset
 from evtp_cli.errors import EvtpError
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models import load_model
@@ -26,15 +25,13 @@ from evtp_cli.models.sa2va_static import BUCKET
 from evtp_cli.pruners import get_pruner
 from evtp_cli.pruners.stages import LayerPrune
 
-from test_sa2va_baselines import _one_thread, free_running, model  # noqa: F401 - shared model cache and one-thread fixture
+from conftest import cached_model as model
+from test_sa2va_baselines import free_running
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPECS = ["sa2va-qwen:preset=tiny-random", "sa2va-internvl:preset=tiny-random", "sa2va-qwen:preset=tiny-random,attn=eager"]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture(scope="module")
-def samples():
-    return {"image": load_dataset("synthetic-image:n=1")[0], "video": load_dataset("synthetic-video:n=1,frames=4")[0]}
 
 
 @contextlib.contextmanager

@@ -20,7 +20,6 @@ import torch
 from conftest import encode_capturing
 
 from evtp_cli.bench.evaluate import run_sample
-from evtp_cli.data import load_dataset
 from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models import load_model
@@ -31,7 +30,9 @@ from evtp_cli.pruners import get_pruner
 from evtp_cli.pruners.base import keep_count
 from evtp_cli.pruners.stages import InnerHook
 
-from test_sa2va_baselines import _MODELS, _one_thread, model as cached_model  # noqa: F401 - shared model cache, one thread
+from conftest import cached_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LAST = {"sa2va-qwen": 1, "sa2va-internvl": 1}  # tiny presets: Qwen's only full-attention block; InternViT's last layer
 
@@ -47,15 +48,8 @@ class DeepQwen(Sa2VAQwen):
 
 
 def model(spec: str):
-    if spec == "deep-qwen" and spec not in _MODELS:
-        with torch.inference_mode(False):
-            _MODELS[spec] = DeepQwen(Sa2VAQwen.Config(preset="tiny-random"))
-    return cached_model(spec) if spec != "deep-qwen" else _MODELS[spec]
-
-
-@pytest.fixture(scope="module")
-def samples():
-    return {"image": load_dataset("synthetic-image:n=1")[0], "video": load_dataset("synthetic-video:n=1,frames=4")[0]}
+    build = (lambda: DeepQwen(Sa2VAQwen.Config(preset="tiny-random"))) if spec == "deep-qwen" else None
+    return cached_model(spec, build)
 
 
 def hook_for(m, tokens, layer: int, ratio: float = 0.25) -> InnerHook:
