@@ -16,7 +16,6 @@ better covered image, should go with higher accuracy, so ρ < 0).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from evtp_cli.bench.evaluate import Setting, record_key, run_sample, score_sample, select_pre_llm
+from evtp_cli.bench.tables import fmt_cell
 from evtp_cli.errors import EvtpError
 
 ALL_PRUNERS = "(pooled)"
@@ -183,12 +183,6 @@ def summarise(samples) -> Any:
     return pd.DataFrame(out, columns=columns)
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
 def summary_markdown(summary) -> str:
     lines = [
         "Covering radius of the kept tokens (mean over samples) and its Spearman ρ with per-sample accuracy "
@@ -201,17 +195,11 @@ def summary_markdown(summary) -> str:
         lines += ["| pruner | ratio | n | radius (image) | ρ image | radius (feature) | ρ feature | accuracy |", "|---|---|---|---|---|---|---|---|"]
         for _, r in group.iterrows():
             lines.append(
-                f"| {r['pruner']} | {r['ratio']:g} | {r['n']} | {_fmt(r['radius_image'])} | {_rho(r['rho_image'])} | "
-                f"{_fmt(r['radius_feature'])} | {_rho(r['rho_feature'])} | {_fmt(r['accuracy'])} |"
+                f"| {r['pruner']} | {r['ratio']:g} | {r['n']} | {fmt_cell(r['radius_image'])} | {fmt_cell(r['rho_image'], 2, signed=True)} | "
+                f"{fmt_cell(r['radius_feature'])} | {fmt_cell(r['rho_feature'], 2, signed=True)} | {fmt_cell(r['accuracy'])} |"
             )
         lines.append("")
     return "\n".join(lines) + "\n"
-
-
-def _rho(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:+.2f}"
 
 
 def plot_coverage(samples, summary, out_dir: str | Path) -> list[Path]:
@@ -248,7 +236,7 @@ def plot_coverage(samples, summary, out_dir: str | Path) -> list[Path]:
             for ratio in ratios:
                 row = pooled[(pooled["ratio"] == ratio) & (pooled["pruner"].isin([ALL_PRUNERS] if len(pruners) > 1 else pruners))]
                 if not row.empty:
-                    rhos.append(f"{ratio:g}: {_rho(row.iloc[0][rho_col])}")
+                    rhos.append(f"{ratio:g}: {fmt_cell(row.iloc[0][rho_col], 2, signed=True)}")
             ax.set_title(f"{label}\nSpearman ρ by keep ratio, pruners pooled: " + ", ".join(rhos), fontsize=7)
             ax.set_xlabel("covering radius of the kept tokens")
             ax.grid(alpha=0.3)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from evtp_cli.bench.evaluate import REFERENCE
+from evtp_cli.bench.tables import fmt_cell
 
 PRIMARY_METRIC = {"image": "giou", "video": "JF"}
 METRIC_LABEL = {"giou": "gIoU", "ciou": "cIoU", "JF": "J&F", "J": "J", "F": "F"}
@@ -145,14 +146,6 @@ def plot_accuracy_vs_latency(rows: list[dict[str, Any]], out_dir: str | Path) ->
     return paths
 
 
-def _cell(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def detail_markdown(rows: list[dict[str, Any]]) -> str:
     """Every row with its accuracy, tokens and latency, one table per model × dataset."""
     parts = []
@@ -171,8 +164,8 @@ def detail_markdown(rows: list[dict[str, Any]]) -> str:
             tokens = "–" if kept is None else f"{kept:.0f}/{r.get('tokens_total') or 0:.0f}"
             note = " (n/a)" if r.get("not_applicable") else ""
             speed = r.get("speedup")
-            cells = [f"{r['pruner']}{note}", f"{r['ratio']:g}", _cell(r.get("n_samples")), _cell(r.get("n_failed") or 0), tokens,
-                     *[_cell(r.get(m)) for m in metrics], _cell(r.get("ms_total"), 1), "–" if speed is None else f"{speed:.2f}×"]
+            cells = [f"{r['pruner']}{note}", f"{r['ratio']:g}", fmt_cell(r.get("n_samples")), fmt_cell(r.get("n_failed") or 0), tokens,
+                     *[fmt_cell(r.get(m)) for m in metrics], fmt_cell(r.get("ms_total"), 1), "–" if speed is None else f"{speed:.2f}×"]
             parts.append("| " + " | ".join(cells) + " |")
         parts.append("")
     return "\n".join(parts) + "\n"

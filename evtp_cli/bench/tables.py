@@ -10,19 +10,20 @@ from rich.table import Table
 from evtp_cli.spec import parse_spec
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
+def fmt_cell(value: Any, digits: int = 3, signed: bool = False) -> str:
+    """A table cell: floats to `digits` places (with a sign when `signed`), "–" for a missing or NaN value."""
+    if value is None or (isinstance(value, float) and value != value):
         return "–"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
     return str(value)
 
 
 def _accuracy(row: dict[str, Any]) -> tuple[str, str]:
     """(primary, secondary) accuracy: gIoU and cIoU for images, J&F and "J/F" for videos."""
     if row.get("task") == "video":
-        return f"{_fmt(row.get('JF'))} J&F", f"{_fmt(row.get('J'), 2)}/{_fmt(row.get('F'), 2)} J/F"
-    return f"{_fmt(row.get('giou'))} gIoU", f"{_fmt(row.get('ciou'), 2)} cIoU"
+        return f"{fmt_cell(row.get('JF'))} J&F", f"{fmt_cell(row.get('J'), 2)}/{fmt_cell(row.get('F'), 2)} J/F"
+    return f"{fmt_cell(row.get('giou'))} gIoU", f"{fmt_cell(row.get('ciou'), 2)} cIoU"
 
 
 def results_table(rows: Iterable[dict[str, Any]], title: str | None = None) -> Table:
@@ -44,8 +45,8 @@ def results_table(rows: Iterable[dict[str, Any]], title: str | None = None) -> T
         n = str(r.get("n_samples")) + (f" ({r['n_failed']} failed)" if r.get("n_failed") else "")
         primary, _ = _accuracy(r)
         speedup = r.get("speedup")
-        cells = [name, n, str(r.get("pruner")), _fmt(r.get("ratio"), 2), tokens, primary,
-                 _fmt(r.get("ms_total"), 1), "–" if speedup is None else f"{speedup:.2f}×"]
+        cells = [name, n, str(r.get("pruner")), fmt_cell(r.get("ratio"), 2), tokens, primary,
+                 fmt_cell(r.get("ms_total"), 1), "–" if speedup is None else f"{speedup:.2f}×"]
         if len(models) > 1:
             cells.insert(0, str(r.get("model")))
         table.add_row(*cells)

@@ -83,11 +83,11 @@ def coverage(
     table = Table(title="covering radius vs accuracy (Spearman ρ; < 0: better covered, better segmented)", header_style="bold")
     for col in ("dataset", "pruner", "ratio", "n", "r img", "ρ img", "r feat", "ρ feat", "acc"):
         table.add_column(col, justify="left" if col in ("dataset", "pruner") else "right")
-    fmt = lambda v, d=3: "–" if v is None or v != v else f"{v:.{d}f}"  # noqa: E731
-    rho = lambda v: "–" if v is None or v != v else f"{v:+.2f}"  # noqa: E731
+    from evtp_cli.bench.tables import fmt_cell
+
     for _, r in result.summary.iterrows():
-        table.add_row(str(r["dataset"]).split(":")[0].removeprefix("synthetic-"), str(r["pruner"]), f"{r['ratio']:g}", str(r["n"]), fmt(r["radius_image"]),
-                      rho(r["rho_image"]), fmt(r["radius_feature"]), rho(r["rho_feature"]), fmt(r["accuracy"]))
+        table.add_row(str(r["dataset"]).split(":")[0].removeprefix("synthetic-"), str(r["pruner"]), f"{r['ratio']:g}", str(r["n"]), fmt_cell(r["radius_image"]),
+                      fmt_cell(r["rho_image"], 2, signed=True), fmt_cell(r["radius_feature"]), fmt_cell(r["rho_feature"], 2, signed=True), fmt_cell(r["accuracy"]))
     console.print(table)
     for name, why in result.skipped.items():
         console.print(f"[yellow]skipped[/yellow] {name}: {why}")
