@@ -160,11 +160,12 @@ class FailureBudget:
 
     limit: int | None = None
     failed: dict[str, list[str]] = field(default_factory=dict)
+    _seen: set[tuple[str, str]] = field(default_factory=set, repr=False)  # a sample fails once, whatever its settings
 
     def add(self, dataset: str, sample_id: str) -> None:
-        ids = self.failed.setdefault(dataset, [])
-        if sample_id not in ids:
-            ids.append(sample_id)
+        if (dataset, sample_id) not in self._seen:
+            self._seen.add((dataset, sample_id))
+            self.failed.setdefault(dataset, []).append(sample_id)
 
     @property
     def count(self) -> int:
