@@ -132,3 +132,18 @@ def test_compare_gate_on_a_sweep(sweep, tmp_path, capsys):
     (tmp_path / "results.json").write_text(json.dumps(data))
     code, out, _ = cli(capsys, "compare", str(sweep), str(tmp_path / "results.json"))
     assert code == 1 and "REGRESSION" in out
+
+
+def test_coverage_skips_in_model_pruners_without_encoding(tmp_path, monkeypatch):
+    """A run of in-LLM pruners only has no kept set chosen from the LLM input: nothing is encoded again."""
+    from evtp_cli.bench.coverage import analyse
+    from evtp_cli.models.tiny import TinyIVS
+
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep-ratios", "-d", "synthetic-image:n=3,size=32", "-p", "fastv", "-r", "0.5", "-o", str(tmp_path)])
+    assert exc.value.code == 0
+    calls = []
+    original = TinyIVS.encode
+    monkeypatch.setattr(TinyIVS, "encode", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    result = analyse(tmp_path)
+    assert calls == [] and len(result.samples) == 0 and "fastv" in result.skipped

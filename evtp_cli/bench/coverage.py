@@ -89,6 +89,10 @@ def analyse(results_dir: str | Path, device: str = "cpu", progress: Callable[[st
     rows: list[dict[str, Any]] = []
     warnings: list[str] = []
     datasets = [(spec, open_dataset(spec)) for spec in identity["datasets"]]
+
+    def scorable(name: str, rec: dict | None) -> bool:  # a finished, scored record of a pruner analysed here
+        return name not in skipped and rec is not None and rec.get("status") == "ok" and _accuracy(rec) is not None
+
     for model_spec in identity["models"]:
         model = load_model(model_spec, **_model_overrides(model_spec, device, identity.get("frames")))
         for dataset_spec, dataset in datasets:
@@ -99,7 +103,7 @@ def analyse(results_dir: str | Path, device: str = "cpu", progress: Callable[[st
             checked = False
             for index in range(n):
                 recs = {s.key: done.get(record_key(s, index)) for _, _, s in settings}
-                if not any(r is not None and r.get("status") == "ok" and _accuracy(r) is not None for r in recs.values()):
+                if not any(scorable(name, recs[s.key]) for name, _, s in settings):  # nothing to pair: do not encode
                     if advance is not None:
                         advance()
                     continue
@@ -117,7 +121,7 @@ def analyse(results_dir: str | Path, device: str = "cpu", progress: Callable[[st
                 unit = _unit(tokens.features)
                 for name, pruner, setting in settings:
                     rec = recs[setting.key]
-                    if name in skipped or rec is None or rec.get("status") != "ok" or _accuracy(rec) is None:
+                    if not scorable(name, rec):
                         continue
                     if not checked:  # the model must still predict what the run recorded, or radii and accuracy do not pair
                         warnings += _check_prediction(model, sample, pruner, setting, identity["seed"], rec, IoUAccumulator, JFAccumulator)
