@@ -1,0 +1,87 @@
+"""tiny-ivs quality bars (issue 3): the test cases, the bars and how each is judged.
+
+Shared by `tests/test_tiny_quality.py` (one test per bar and case) and `benchmarks/quality_bars.py`
+(which prints the README's "Quality bars" table), so the table is measured by the same code as the test.
+
+Bars, per case:
+- `full`: full-token gIoU >= 0.75 (images) / J&F >= 0.70 (videos);
+- `random-5%-hurts`: random pruning at 0.05 keeps < 60% of the full-token score (the LLM path carries the task);
+- `evtp-20%-keeps-95%`: EVTP at 0.2 keeps >= 95% of the full-token score;
+- `evtp>=NAME@R`: EVTP at R is at least as good as NAME at R, for kcenter, divprune, random and uniform.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from evtp_cli.bench.evaluate import REFERENCE, Setting, evaluate_dataset
+
+BASELINES = ["kcenter", "divprune", "random", "uniform"]
+RATIOS = (0.1, 0.2)
+CASES = {  # dataset -> (metric, full-token bar): seeds and object counts beside the defaults
+    "synthetic-image:n=120,seed=0": ("giou", 0.75),
+    "synthetic-image:n=120,seed=7,objects=6": ("giou", 0.75),
+    "synthetic-video:n=40,seed=0": ("JF", 0.70),
+    "synthetic-video:n=40,seed=5,objects=6": ("JF", 0.70),
+}
+BARS = ["full", "random-5%-hurts", "evtp-20%-keeps-95%"] + [f"evtp>={name}@{r}" for r in RATIOS for name in BASELINES]
+
+Scores = dict[tuple[str, float], float]
+
+
+def case_scores(model: Any, dataset_spec: str) -> Scores:
+    """(pruner, ratio) -> the case's metric, for every setting the bars read (one interleaved pass)."""
+    from evtp_cli.data import load_dataset
+    from evtp_cli.pruners import get_pruner
+
+    dataset = load_dataset(dataset_spec)
+    settings = [(Setting(model.name, dataset_spec, REFERENCE, 1.0), None)]
+    settings.append((Setting(model.name, dataset_spec, "random", 0.05), get_pruner("random")))
+    for ratio in RATIOS:
+        for name in ["evtp", *BASELINES]:
+            settings.append((Setting(model.name, dataset_spec, name, ratio), get_pruner(name)))
+    rows = evaluate_dataset(model, dataset, settings, warmup=0)
+    metric = CASES[dataset_spec][0]
+    return {(r["pruner"], r["ratio"]): r[metric] for r in rows}
+
+
+def judge(score: Scores, dataset_spec: str, bar: str) -> tuple[bool, str]:
+    """(whether the bar holds, what was measured against it)."""
+    metric, full_bar = CASES[dataset_spec]
+    full = score[(REFERENCE, 1.0)]
+    if bar == "full":
+        return full >= full_bar, f"full-token {metric} {full:.3f} (bar {full_bar})"
+    if bar == "random-5%-hurts":
+        kept = score[("random", 0.05)] / full
+        return kept < 0.6, f"random@0.05 keeps {kept:.0%} of full (bar < 60%)"
+    if bar == "evtp-20%-keeps-95%":
+        kept = score[("evtp", 0.2)] / full
+        return kept >= 0.95, f"EVTP@0.2 keeps {kept:.0%} of full (bar >= 95%)"
+    name, ratio = bar.removeprefix("evtp>=").split("@")
+    ours, theirs = score[("evtp", float(ratio))], score[(name, float(ratio))]
+    return ours >= theirs, f"EVTP@{ratio} {ours:.3f} vs {name} {theirs:.3f}"
+
+
+def markdown_table(scores: dict[str, Scores]) -> str:
+    """The README's table: one row per case, ✓/✗ per bar, with the numbers behind each."""
+
+    def mark(ok: bool) -> str:
+        return "✓" if ok else "✗"
+
+    lines = [
+        "| test data | full | random@0.05 / full (< 60 %) | EVTP@0.2 / full (≥ 95 %) "
+        "| EVTP ≥ kcenter, divprune, random, uniform @0.1 | @0.2 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for spec, score in scores.items():
+        metric = {"giou": "gIoU", "JF": "J&F"}[CASES[spec][0]]
+        full = score[(REFERENCE, 1.0)]
+        cells = [f"`{spec}`", f"{metric} {full:.3f} {mark(judge(score, spec, 'full')[0])}"]
+        cells.append(f"{score[('random', 0.05)] / full:.0%} {mark(judge(score, spec, 'random-5%-hurts')[0])}")
+        cells.append(f"{score[('evtp', 0.2)] / full:.0%} {mark(judge(score, spec, 'evtp-20%-keeps-95%')[0])}")
+        for ratio in RATIOS:
+            losses = [f"{name} {score[(name, ratio)]:.3f}" for name in BASELINES if not judge(score, spec, f"evtp>={name}@{ratio}")[0]]
+            ours = f"{score[('evtp', ratio)]:.3f}"
+            cells.append(f"{ours}: ✗ loses to {', '.join(losses)}" if losses else f"{ours}: ✓ all")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
