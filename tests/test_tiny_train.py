@@ -27,7 +27,7 @@ def _small_net():
 
 def test_stage1_loss_goes_down():
     net = _small_net()
-    batch = make_batch([11, 0, 0], 0, batch=3, size=32, frames=1, max_objects=3, key_frames=1)
+    batch = make_batch([11, 0, 0], 0, batch=3, size=32, frames=1, max_objects=3, key_frames="1")
     gen = torch.Generator().manual_seed(0)
     losses = _fit(net, lambda b: stage1_step(net, b, gen), batch)
     assert losses[-1] < 0.8 * losses[0]
@@ -37,6 +37,6 @@ def test_stage2_loss_goes_down_on_video():
     net = _small_net()
     for module in (net.vision, net.mask_head, net.attributes):
         module.requires_grad_(False)
-    batch = make_batch([11, 1, 0], 0, batch=2, size=32, frames=4, max_objects=3, key_frames=2)
+    batch = make_batch([11, 1, 0], 0, batch=2, size=32, frames=4, max_objects=3, key_frames="uniform-2")
     losses = _fit(net, lambda b: stage2_step(net, b), batch, steps=10)
     assert losses[-1] < 0.8 * losses[0]

@@ -67,7 +67,7 @@ class Batch:
     motions: torch.Tensor  # [B, n_max] long: index into MOTIONS
 
 
-def make_batch(rng_base: list[int], step: int, batch: int, size: int, frames: int, max_objects: int, key_frames: int) -> Batch:
+def make_batch(rng_base: list[int], step: int, batch: int, size: int, frames: int, max_objects: int, key_frames: str) -> Batch:
     cfg = SceneConfig(size=size, frames=frames, min_objects=2, max_objects=max_objects)
     scenes = [generate_scene(np.random.default_rng([*rng_base, step, i]), cfg) for i in range(batch)]
     n_max = max(len(s.objects) for s in scenes)
@@ -88,7 +88,7 @@ def make_batch(rng_base: list[int], step: int, batch: int, size: int, frames: in
     return Batch(
         images=images_t,
         frames=frames,
-        key_frames=key_frame_indices(frames, f"first-{key_frames}") if frames > 1 else [0],
+        key_frames=key_frame_indices(frames, key_frames) if frames > 1 else [0],
         instance=torch.from_numpy(inst),
         n_objects=[len(s.objects) for s in scenes],
         targets=[s.target for s in scenes],
@@ -333,11 +333,11 @@ def train(args: argparse.Namespace) -> Path:
             break
         video = args.stage == 2 and (step % 10) < int(10 * args.video_fraction)
         if args.stage == 1 and (step % 4 == 3):
-            batch = make_batch([SPLIT_CODES["train"], 7, args.seed], step, args.batch, 48, 1, args.max_objects, 1)
+            batch = make_batch([SPLIT_CODES["train"], 7, args.seed], step, args.batch, 48, 1, args.max_objects, "1")
         elif video:
-            batch = make_batch([SPLIT_CODES["train"], 8, args.seed], step, max(4, args.batch // 3), 48, 8, args.max_objects, 4)
+            batch = make_batch([SPLIT_CODES["train"], 8, args.seed], step, max(4, args.batch // 3), 48, 8, args.max_objects, args.key_frames)
         else:
-            batch = make_batch([SPLIT_CODES["train"], 9, args.seed], step, args.batch, 64, 1, args.max_objects, 1)
+            batch = make_batch([SPLIT_CODES["train"], 9, args.seed], step, args.batch, 64, 1, args.max_objects, "1")
         if not args.steps and step > 50:
             rate = step / elapsed
             est_total = int(rate * budget)
@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-objects", type=int, default=6)
     parser.add_argument("--video-fraction", type=float, default=0.3)
+    parser.add_argument("--key-frames", default="first-4", help="stage 2: key frames of a training video the LLM sees (first-K / uniform-K)")
     parser.add_argument("--probes", type=int, default=1, help="stage 2: deep supervision of LLM outputs (1) or not (0)")
     parser.add_argument("--init", default="")
     parser.add_argument("--out", default="runs/tiny")
