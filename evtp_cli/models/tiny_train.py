@@ -205,9 +205,11 @@ def llm_forward(
 
 
 def probe_losses(
-    probes: LLMProbes, batch: Batch, seg_hidden: torch.Tensor, vis_hidden: torch.Tensor, owner: torch.Tensor, inst: torch.Tensor
+    probes: LLMProbes, batch: Batch, seg_hidden: torch.Tensor, vis_hidden: torch.Tensor, owner: torch.Tensor, inst: torch.Tensor,
+    motion_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Deep supervision of the LLM outputs (see LLMProbes). owner [B, K, N]; inst [B, n, K, H, W]."""
+    """Deep supervision of the LLM outputs (see LLMProbes). owner [B, K, N]; inst [B, n, K, H, W].
+    `motion_weight` scales the two motion terms ([SEG] and visual tokens)."""
     bsz, kf, n = owner.shape
     nc, ns, nm = len(COLOURS), len(SHAPES), len(MOTIONS)
     rows = torch.arange(bsz)
@@ -220,7 +222,7 @@ def probe_losses(
     loss = loss + (seg[:, nc + ns : nc + ns + 2] - centre).abs().sum(-1).mean() * 5
     loss = loss + (seg[:, nc + ns + 2] - area[rows, target, 0]).abs().mean()
     if kf > 1:
-        loss = loss + F.cross_entropy(seg[:, -nm:], batch.motions[rows, target])
+        loss = loss + motion_weight * F.cross_entropy(seg[:, -nm:], batch.motions[rows, target])
     # visual tokens: their own object's attributes (background as an extra class)
     vis = probes.vis(vis_hidden).view(bsz, kf, n, -1)
     own = owner.clamp(min=0).flatten(1)
@@ -237,11 +239,11 @@ def probe_losses(
         later[:, 0] = False  # tokens of the first key frame cannot see motion (causal attention)
         if later.any():
             mot = torch.gather(batch.motions, 1, own).view_as(owner)
-            loss = loss + F.cross_entropy(vis[..., -nm:][later], mot[later])
+            loss = loss + motion_weight * F.cross_entropy(vis[..., -nm:][later], mot[later])
     return loss
 
 
-def stage2_step(net: TinyIVSNet, batch: Batch, probes: LLMProbes | None = None) -> dict[str, torch.Tensor]:
+def stage2_step(net: TinyIVSNet, batch: Batch, probes: LLMProbes | None = None, motion_weight: float = 1.0) -> dict[str, torch.Tensor]:
     bsz, t = len(batch.targets), batch.frames
     size = batch.images.shape[-1]
     h = w = size // PATCH
@@ -267,7 +269,7 @@ def stage2_step(net: TinyIVSNet, batch: Batch, probes: LLMProbes | None = None) 
     out = {"ptr": loss_ptr, "off": loss_off}
     total = loss_ptr + 2.0 * loss_off
     if probes is not None:
-        out["probe"] = probe_losses(probes, batch, seg_hidden, vis_hidden.view(bsz, kf, h * w, -1).flatten(1, 2), owner, inst)
+        out["probe"] = probe_losses(probes, batch, seg_hidden, vis_hidden.view(bsz, kf, h * w, -1).flatten(1, 2), owner, inst, motion_weight)
         total = total + out["probe"]
     with torch.no_grad():
         out["hit"] = positive[torch.arange(bsz), logits.argmax(1)].float().mean()
@@ -343,7 +345,7 @@ def train(args: argparse.Namespace) -> Path:
             est_total = int(rate * budget)
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, est_total, args.lr)
-        out_step = stage1_step(net, batch, gen) if args.stage == 1 else stage2_step(net, batch, probes)
+        out_step = stage1_step(net, batch, gen) if args.stage == 1 else stage2_step(net, batch, probes, args.motion_weight)
         opt.zero_grad(set_to_none=True)
         out_step["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -384,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--video-fraction", type=float, default=0.3)
     parser.add_argument("--key-frames", default="first-4", help="stage 2: key frames of a training video the LLM sees (first-K / uniform-K)")
     parser.add_argument("--probes", type=int, default=1, help="stage 2: deep supervision of LLM outputs (1) or not (0)")
+    parser.add_argument("--motion-weight", type=float, default=1.0, help="stage 2: weight of the probes' motion terms")
     parser.add_argument("--init", default="")
     parser.add_argument("--out", default="runs/tiny")
     parser.add_argument("--log-every", type=int, default=25)
