@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from evtp_cli.data.synthetic import SPLIT_CODES
-from evtp_cli.models.tiny import DEFAULT_WEIGHTS, PATCH
-from evtp_cli.models.tiny_net import grid_coords
+from evtp_cli.models.tiny import DEFAULT_WEIGHTS
+from evtp_cli.models.tiny_net import PATCH, grid_coords
 from evtp_cli.models.tiny_train import MOTIONS, llm_forward, load, make_batch, token_labels
 
 SIZE, FRAMES, VIDEOS = 48, 8, 8

@@ -26,13 +26,12 @@ from evtp_cli.data.frames import key_frame_indices
 from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models.base import IVSModel, Prediction, PrunePlan, VisualTokens
-from evtp_cli.models.tiny_net import SEG, grid_coords
+from evtp_cli.models.tiny_net import PATCH, SEG, grid_coords
 from evtp_cli.pruners.base import PruneContext
 from evtp_cli.pruners.stages import LayerPrune, LLMState, VisionState, attention_received, attention_rows, member_mean
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_WEIGHTS = ASSETS / "tiny_ivs.safetensors"
-PATCH = 4
 TRACK_RADIUS = 0.25  # how far (in image fractions) the tracked object may move between frames
 IN_TOWER_REASON = (
     "tiny-ivs cannot prune inside its vision encoder: the mask head reads every frame's unpruned encoder output, "

@@ -42,6 +42,8 @@ class TinyArch:
         return asdict(self)
 
 
+PATCH = 4  # pixels per visual token side: the encoder's two stride-2 convolutions
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[SEG]"]
 PAD, UNK, SEG = 0, 1, 2
 

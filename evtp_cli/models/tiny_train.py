@@ -30,10 +30,9 @@ from torch import nn
 
 from evtp_cli.data.frames import key_frame_indices
 from evtp_cli.data.synthetic import COLOURS, SHAPES, SPLIT_CODES, VOCABULARY, SceneConfig, generate_scene
-from evtp_cli.models.tiny_net import SEG, TinyArch, TinyIVSNet, grid_coords
+from evtp_cli.models.tiny_net import PATCH, SEG, TinyArch, TinyIVSNet, grid_coords
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-PATCH = 4
 MOTIONS = ["up", "down", "left", "right", None]  # None: still, or no dominant direction
 
 
