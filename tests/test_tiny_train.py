@@ -40,3 +40,23 @@ def test_stage2_loss_goes_down_on_video():
     batch = make_batch([11, 1, 0], 0, batch=2, size=32, frames=4, max_objects=3, key_frames="uniform-2")
     losses = _fit(net, lambda b: stage2_step(net, b), batch, steps=10)
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_pointer_targets_by_hand():
+    from evtp_cli.models.tiny_train import pointer_targets
+
+    # 2 key frames of 3 tokens; sample 0's target (object 1) owns token 1 of frame 0 and token 2 of frame 1;
+    # sample 1's target (object 0) owns no token but touches token 0 of frame 0 only
+    owner = torch.tensor([[[-1, 1, 0], [0, -1, 1]], [[-1, -1, -1], [-1, 1, -1]]])
+    cov = torch.zeros(2, 2, 2, 3)
+    cov[1, 0, 0, 0] = 0.3
+    targets = torch.tensor([1, 0])
+    assert pointer_targets(owner, cov, targets).tolist() == [
+        [False, True, False, False, False, True],
+        [True, False, False, False, False, False],
+    ]
+    # later frames only: sample 0 keeps its frame-1 token; sample 1 has none there, so keeps what it had
+    assert pointer_targets(owner, cov, targets, point_later=True).tolist() == [
+        [False, False, False, False, False, True],
+        [True, False, False, False, False, False],
+    ]

@@ -242,7 +242,28 @@ def probe_losses(
     return loss
 
 
-def stage2_step(net: TinyIVSNet, batch: Batch, probes: LLMProbes | None = None, motion_weight: float = 1.0) -> dict[str, torch.Tensor]:
+def pointer_targets(owner: torch.Tensor, cov: torch.Tensor, targets: torch.Tensor, point_later: bool = False) -> torch.Tensor:
+    """[B, K*N] bool: the tokens the pointer may pick. owner [B, K, N] (object per token, -1 background),
+    cov [B, n, K, N] (each object's coverage of each token), targets [B].
+
+    The target's own tokens; where it owns none (too small), the tokens it touches. With `point_later`
+    and K > 1, only those after the first key frame where there are any there."""
+    bsz, kf, n = owner.shape
+    positive = owner.flatten(1) == targets[:, None]
+    touched = cov[torch.arange(bsz), targets].flatten(1) > 0
+    positive = positive | (touched & ~positive.any(1, keepdim=True))
+    if point_later and kf > 1:
+        later = positive.clone()
+        later[:, :n] = False
+        positive = torch.where(later.any(1, keepdim=True), later, positive)
+    return positive
+
+
+def stage2_step(
+    net: TinyIVSNet, batch: Batch, probes: LLMProbes | None = None, motion_weight: float = 1.0, point_later: bool = False
+) -> dict[str, torch.Tensor]:
+    """One stage-2 step. With `point_later`, a video's pointer targets are the target's tokens in key frames
+    after the first, the ones that (under causal attention) can see how their object moves."""
     bsz, t = len(batch.targets), batch.frames
     size = batch.images.shape[-1]
     h = w = size // PATCH
@@ -260,10 +281,7 @@ def stage2_step(net: TinyIVSNet, batch: Batch, probes: LLMProbes | None = None, 
     yx = grid_coords(h, w)
     coords = torch.cat([tvals.repeat_interleave(h * w)[:, None], yx.repeat(kf, 1)], 1)
     logits, seg_hidden, vis_hidden = llm_forward(net, proj.flatten(1, 2), coords, batch.texts)
-    target = torch.tensor(batch.targets)
-    positive = owner.flatten(1) == target[:, None]
-    tcov = cov[torch.arange(bsz), target].flatten(1)
-    positive = positive | ((tcov > 0) & ~positive.any(1, keepdim=True))
+    positive = pointer_targets(owner, cov, torch.tensor(batch.targets), point_later)
     loss_ptr = (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~positive, -1e9), 1)).mean()
     out = {"ptr": loss_ptr, "off": loss_off}
     total = loss_ptr + 2.0 * loss_off
@@ -344,7 +362,7 @@ def train(args: argparse.Namespace) -> Path:
             est_total = int(rate * budget)
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, est_total, args.lr)
-        out_step = stage1_step(net, batch, gen) if args.stage == 1 else stage2_step(net, batch, probes, args.motion_weight)
+        out_step = stage1_step(net, batch, gen) if args.stage == 1 else stage2_step(net, batch, probes, args.motion_weight, bool(args.point_later))
         opt.zero_grad(set_to_none=True)
         out_step["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -386,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key-frames", default="first-4", help="stage 2: key frames of a training video the LLM sees (first-K / uniform-K)")
     parser.add_argument("--probes", type=int, default=1, help="stage 2: deep supervision of LLM outputs (1) or not (0)")
     parser.add_argument("--motion-weight", type=float, default=1.0, help="stage 2: weight of the probes' motion terms")
+    parser.add_argument("--point-later", type=int, default=0, help="stage 2: video pointer targets only after the first key frame (1) or in all (0)")
     parser.add_argument("--init", default="")
     parser.add_argument("--out", default="runs/tiny")
     parser.add_argument("--log-every", type=int, default=25)
