@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from evtp_cli.bench.quality import BARS, CASES, case_scores, judge
+from evtp_cli.bench.quality import BARS, CASES, Scores, case_scores, judge
 from evtp_cli.models import load_model
 
 # (dataset, bar) pairs that the shipped tiny-ivs weights and EVTP defaults miss (measured; see the module docstring)
@@ -48,9 +48,9 @@ def _params():
 def scores():
     """(dataset) -> {(pruner, ratio): score}, evaluated once per dataset for all of its bars."""
     model = load_model("tiny-ivs")
-    cache: dict = {}
+    cache: dict[str, Scores] = {}
 
-    def get(dataset_spec: str) -> dict:
+    def get(dataset_spec: str) -> Scores:
         if dataset_spec not in cache:
             cache[dataset_spec] = case_scores(model, dataset_spec)
         return cache[dataset_spec]

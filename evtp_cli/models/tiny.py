@@ -26,7 +26,7 @@ from evtp_cli.data.frames import key_frame_indices
 from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models.base import IVSModel, Prediction, PrunePlan, VisualTokens
-from evtp_cli.models.tiny_net import PATCH, SEG, grid_coords
+from evtp_cli.models.tiny_net import PATCH, SEG, grid_coords, key_frame_coords
 from evtp_cli.pruners.base import PruneContext
 from evtp_cli.pruners.stages import LayerPrune, LLMState, VisionState, attention_received, attention_rows, member_mean
 
@@ -117,8 +117,7 @@ class TinyIVS(IVSModel):
             keys = key_frame_indices(t, self.config.frames) if sample.task == "video" else [0]
             features = self.net.projector(tokens[keys]).flatten(0, 1)
             n_keys = len(keys)
-            tvals = torch.arange(n_keys, dtype=torch.float32, device=self.device) / max(n_keys - 1, 1)
-            coords = torch.cat([tvals.repeat_interleave(h * w)[:, None], grid_coords(h, w, self.device).repeat(n_keys, 1)], 1)
+            coords = key_frame_coords(n_keys, h, w, self.device)
             frame_ids = torch.arange(n_keys, device=self.device).repeat_interleave(h * w)
         state = {"tokens": tokens, "f2": f2, "f1": f1, "keys": keys, "grid": (h, w), "orig": orig}
         context = self._context(frame_ids, capture["last_input"][keys])

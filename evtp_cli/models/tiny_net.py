@@ -78,6 +78,12 @@ def grid_coords(height: int, width: int, device=None) -> torch.Tensor:
     return torch.stack([yy.flatten(), xx.flatten()], dim=-1)
 
 
+def key_frame_coords(frames: int, height: int, width: int, device=None) -> torch.Tensor:
+    """[frames*h*w, 3] (t, y, x) of every token of `frames` key frames, frame-major; t = k / (frames - 1)."""
+    t = torch.arange(frames, dtype=torch.float32, device=device) / max(frames - 1, 1)
+    return torch.cat([t.repeat_interleave(height * width)[:, None], grid_coords(height, width, device).repeat(frames, 1)], 1)
+
+
 class EncoderBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp: int):
         super().__init__()

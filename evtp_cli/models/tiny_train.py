@@ -30,7 +30,7 @@ from torch import nn
 
 from evtp_cli.data.frames import key_frame_indices
 from evtp_cli.data.synthetic import COLOURS, SHAPES, SPLIT_CODES, VOCABULARY, SceneConfig, generate_scene
-from evtp_cli.models.tiny_net import PATCH, SEG, TinyArch, TinyIVSNet, grid_coords
+from evtp_cli.models.tiny_net import PATCH, SEG, TinyArch, TinyIVSNet, grid_coords, key_frame_coords
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MOTIONS = ["up", "down", "left", "right", None]  # None: still, or no dominant direction
@@ -277,9 +277,7 @@ def stage2_step(
     owner, cov = token_labels(inst, batch.n_objects)
     loss_off = offset_loss(net, proj, owner, object_centres(inst), (h, w))
     kf = len(keys)
-    tvals = torch.arange(kf, dtype=torch.float32) / max(kf - 1, 1)
-    yx = grid_coords(h, w)
-    coords = torch.cat([tvals.repeat_interleave(h * w)[:, None], yx.repeat(kf, 1)], 1)
+    coords = key_frame_coords(kf, h, w)
     logits, seg_hidden, vis_hidden = llm_forward(net, proj.flatten(1, 2), coords, batch.texts)
     positive = pointer_targets(owner, cov, torch.tensor(batch.targets), point_later)
     loss_ptr = (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~positive, -1e9), 1)).mean()
