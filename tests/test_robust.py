@@ -6,7 +6,7 @@ import re
 import pytest
 
 from evtp_cli.bench import evaluate as ev
-from evtp_cli.bench.resume import load_done, merge_sample_files, repair_tail
+from evtp_cli.bench.resume import DoneIndex, load_done, merge_sample_files, repair_tail
 from evtp_cli.bench.results import read_results
 from evtp_cli.cli import main
 from test_cli import run_cli as cli
@@ -210,6 +210,25 @@ def test_repair_tail_and_merge_of_rank_files(tmp_path):
     assert merge_sample_files(tmp_path) == 4
     assert not list(tmp_path.glob("samples.rank*.jsonl"))
     assert [json.loads(line)["index"] for line in main_file.read_text().splitlines()] == [0, 1, 2, 3]
+
+
+def test_done_index_reads_only_what_was_appended(tmp_path):
+    def record(index: int, pruner: str = "p") -> str:
+        return json.dumps({"model": "m", "dataset": "d", "pruner": pruner, "ratio": 0.5, "index": index, "id": f"s{index}"}) + "\n"
+
+    index = DoneIndex(tmp_path)
+    assert index.refresh() == {}
+    with open(tmp_path / "samples.rank0.jsonl", "a") as r0, open(tmp_path / "samples.rank1.jsonl", "a") as r1:
+        r0.write(record(0))
+        r1.write(record(1) + "not json\n" + record(3)[:20])  # a record still being written
+        r0.flush(), r1.flush()
+        assert sorted(k[-1] for k in index.refresh()) == [0, 1]
+        r1.write(record(3)[20:] + record(1, pruner="q"))
+        r0.write(record(2) + record(0))  # a key written again keeps its latest record
+        r1.flush(), r0.flush()
+        refreshed = index.refresh()
+    assert refreshed == load_done(tmp_path)
+    assert sorted((k[2], k[-1]) for k in refreshed) == [("p", 0), ("p", 1), ("p", 2), ("p", 3), ("q", 1)]
 
 
 # --- the replay itself, with a stand-in model: shards and resumes rebuild the rows of one pass -------------

@@ -165,12 +165,41 @@ def read_records(out: Path) -> list[dict[str, Any]]:
 
 def load_done(out: Path) -> dict[tuple, dict[str, Any]]:
     """Finished records by `record_key`. A key recorded twice keeps its latest record."""
-    done: dict[tuple, dict[str, Any]] = {}
-    for rec in read_records(out):
-        if rec.get("index") is None or not {"model", "dataset", "pruner", "ratio", "id"} <= rec.keys():
-            continue  # records of an older evtp (no sample index) are not reused
-        done[record_key(rec, rec["index"])] = rec
-    return done
+    return DoneIndex(out).refresh()
+
+
+class DoneIndex:
+    """`load_done` kept up to date: each `refresh()` parses only the lines appended since the last one.
+
+    Rank 0 of a torchrun run rebuilds the rows after every dataset; re-reading every sample file each
+    time would cost datasets × records. A last line still without its newline waits for the next refresh.
+    """
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.done: dict[tuple, dict[str, Any]] = {}
+        self._read_to: dict[Path, int] = {}
+
+    def refresh(self) -> dict[tuple, dict[str, Any]]:
+        for path in sample_files(self.out):
+            start = self._read_to.get(path, 0)
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                data = fh.read()
+            complete = data.rfind(b"\n") + 1
+            for line in data[:complete].splitlines():
+                self._add(line)
+            self._read_to[path] = start + complete
+        return self.done
+
+    def _add(self, line: bytes) -> None:
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return
+        if not isinstance(rec, dict) or rec.get("index") is None or not {"model", "dataset", "pruner", "ratio", "id"} <= rec.keys():
+            return  # records of an older evtp (no sample index) are not reused
+        self.done[record_key(rec, rec["index"])] = rec
 
 
 def merge_sample_files(out: Path) -> int:

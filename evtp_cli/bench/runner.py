@@ -229,6 +229,7 @@ def _evaluate_all(config, shard, datasets, out, meta, done, progress, advance, g
     pruners = [(canonical(p), get_pruner(p)) for p in config.pruners]
     ratios = parse_ratios(config.ratios)
     log_path = out / (rs.rank_file(shard.rank) if shard.sharded else SAMPLES_JSONL)
+    all_ranks_done = rs.DoneIndex(out) if shard.sharded and shard.main else None
     stopped = False
 
     def note(outcome: Any) -> None:
@@ -261,7 +262,7 @@ def _evaluate_all(config, shard, datasets, out, meta, done, progress, advance, g
                 if shard.sharded:
                     shard.barrier()  # every rank's records of this dataset are written
                     if shard.main:  # rows from all ranks' records, in dataset order
-                        merged = rs.load_done(out)
+                        merged = all_ranks_done.refresh()
                         for rec in merged.values():
                             if rec.get("status") == "failed" and rec.get("reason"):
                                 reasons.setdefault(rec["id"], rec["reason"])
