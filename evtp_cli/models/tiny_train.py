@@ -5,7 +5,10 @@ class-agnostic segmentation from point prompts on ground-truth objects, plus a p
 (colour, shape, size) so that tokens carry object-level information, as pretrained vision towers do.
 Stage 2 (language): with the vision encoder and mask head frozen, the LLM, projector, pointer and
 offset heads learn to point at a token of the referred object (a cross-entropy over the visual tokens
-with all target tokens as positives), on images and videos.
+with all target tokens as positives), on images and videos (40 % of the steps). On video the targets are
+the object's tokens after the first key frame, the ones that under causal attention can see how it
+moved, and the probes' motion terms weigh 5x: without both the LLM does not learn motion instructions
+(docs/evtp.md, "Why video differs").
 
     python -m evtp_cli.models.tiny_train --stage 1 --minutes 25 --lr 2e-3 --out runs/tiny
     python -m evtp_cli.models.tiny_train --stage 2 --minutes 65 --lr 1.5e-3 --init runs/tiny/stage1.safetensors --out runs/tiny
@@ -375,7 +378,11 @@ def train(args: argparse.Namespace) -> Path:
             log.write(line + "\n")
             log.flush()
     path = out / f"stage{args.stage}.safetensors"
-    save(net, path, {"stage": args.stage, "steps": step, "seconds": round(time.time() - start), "seed": args.seed, "batch": args.batch, "lr": args.lr})
+    recipe = {"seed": args.seed, "batch": args.batch, "lr": args.lr, "max_objects": args.max_objects}
+    if args.stage == 2:
+        recipe.update(video_fraction=args.video_fraction, key_frames=args.key_frames, probes=args.probes,
+                      motion_weight=args.motion_weight, point_later=args.point_later)
+    save(net, path, {"stage": args.stage, "steps": step, "seconds": round(time.time() - start), **recipe})
     print(f"saved {path} after {step} steps, {time.time() - start:.0f}s")
     return path
 
@@ -398,11 +405,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-objects", type=int, default=6)
-    parser.add_argument("--video-fraction", type=float, default=0.3)
+    parser.add_argument("--video-fraction", type=float, default=0.4, help="stage 2: share of steps on video batches")
     parser.add_argument("--key-frames", default="first-4", help="stage 2: key frames of a training video the LLM sees (first-K / uniform-K)")
     parser.add_argument("--probes", type=int, default=1, help="stage 2: deep supervision of LLM outputs (1) or not (0)")
-    parser.add_argument("--motion-weight", type=float, default=1.0, help="stage 2: weight of the probes' motion terms")
-    parser.add_argument("--point-later", type=int, default=0, help="stage 2: video pointer targets only after the first key frame (1) or in all (0)")
+    parser.add_argument("--motion-weight", type=float, default=5.0, help="stage 2: weight of the probes' motion terms")
+    parser.add_argument("--point-later", type=int, default=1, help="stage 2: video pointer targets only after the first key frame (1) or in all (0)")
     parser.add_argument("--init", default="")
     parser.add_argument("--out", default="runs/tiny")
     parser.add_argument("--log-every", type=int, default=25)
