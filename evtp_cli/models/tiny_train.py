@@ -8,7 +8,7 @@ offset heads learn to point at a token of the referred object (a cross-entropy o
 with all target tokens as positives), on images and videos (40 % of the steps). On video the targets are
 the object's tokens after the first key frame, the ones that under causal attention can see how it
 moved, and the probes' motion terms weigh 5x: without both the LLM does not learn motion instructions
-(docs/evtp.md, "Why video differs").
+(docs/evtp.md, "Why video differed").
 
     python -m evtp_cli.models.tiny_train --stage 1 --minutes 25 --lr 2e-3 --out runs/tiny
     python -m evtp_cli.models.tiny_train --stage 2 --minutes 65 --lr 1.5e-3 --init runs/tiny/stage1.safetensors --out runs/tiny
