@@ -1,6 +1,6 @@
 """Measure tiny-ivs against the issue-3 quality bars and print the README's "Quality bars" table.
 
-    python benchmarks/quality_bars.py                                   # the shipped weights (about 4 minutes on 2 CPU cores)
+    python benchmarks/quality_bars.py                                   # the shipped weights (about 3 minutes on 2 CPU cores)
     python benchmarks/quality_bars.py --model "tiny-ivs:weights=runs/tiny/stage2.safetensors"   # a retrained candidate
 
 The cases and bars are those of tests/test_tiny_quality.py (`evtp_cli.bench.quality`); after a retrain,
