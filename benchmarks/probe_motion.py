@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from evtp_cli.data.synthetic import SPLIT_CODES
 from evtp_cli.models.tiny import DEFAULT_WEIGHTS
-from evtp_cli.models.tiny_net import PATCH, key_frame_coords
+from evtp_cli.models.tiny_net import PATCH, group_starts, key_frame_coords
 from evtp_cli.models.tiny_train import MOTIONS, llm_forward, load, make_batch, token_labels
 
 SIZE, FRAMES, VIDEOS = 48, 8, 8
@@ -32,10 +32,11 @@ def visual_outputs(net, step: int, stream: int, policy: str) -> tuple[torch.Tens
     keys, side = batch.key_frames, SIZE // PATCH
     images = batch.images.view(VIDEOS, FRAMES, *batch.images.shape[1:])[:, keys].flatten(0, 1)
     tokens, _, _ = net.vision(images)
-    proj = net.projector(tokens.view(VIDEOS, len(keys), side * side, -1))
-    _, _, hidden = llm_forward(net, proj.flatten(1, 2), key_frame_coords(len(keys), side, side), batch.texts)
-    hidden = hidden.view(VIDEOS, len(keys), side * side, -1)
-    owner, _ = token_labels(batch.instance[:, :, keys], batch.n_objects)
+    proj = net.project(tokens.view(VIDEOS, len(keys), side * side, -1))  # [B, K, N, D]: K LLM frames
+    frames = proj.shape[1]
+    _, _, hidden = llm_forward(net, proj.flatten(1, 2), key_frame_coords(frames, side, side), batch.texts)
+    hidden = hidden.view(VIDEOS, frames, side * side, -1)
+    owner, _ = token_labels(batch.instance[:, :, group_starts(keys, net.arch.temporal_patch)], batch.n_objects)
     motion = torch.gather(batch.motions, 1, owner.clamp(min=0).flatten(1)).view_as(owner)
     later, first = owner >= 0, owner >= 0
     later[:, 0] = False

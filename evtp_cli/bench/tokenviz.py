@@ -161,7 +161,7 @@ def visualize(model_spec: str, dataset_spec: str, sample_ref: str | None, pruner
     sample = dataset[index]
     tokens, maps = token_maps(model, sample, pruners, ratio, seed)
     slots = sorted(set(int(f) for f in tokens.frame_ids.cpu().tolist())) if tokens.frame_ids is not None else [0]
-    shown = key_frames(sample, model, len(slots))
+    shown = tokens.frames_shown if tokens.frames_shown is not None else key_frames(sample, model, len(slots))
     name = f"tokens_{slug(sample.id)}_r{ratio:g}.png"
     out = Path(output) if output is not None else Path("runs") / "visualize" / name
     if out.suffix.lower() != ".png":

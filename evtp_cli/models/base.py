@@ -33,7 +33,9 @@ class VisualTokens:
 
     features: [N, d] after the projector. coords: [N, 3] = (t, y, x) in [0, 1]. frame_ids: [N] index of
     the key frame each token comes from. context: what this backend offers pruners. state: private to
-    the backend (full features for the mask decoder, prompt pieces, caches).
+    the backend (full features for the mask decoder, prompt pieces, caches). frames_shown: the sample
+    frame that each frame id stands for (the first of its group where frames are merged), for pictures;
+    None: the key frames of the model's frame policy.
     """
 
     features: torch.Tensor
@@ -41,6 +43,7 @@ class VisualTokens:
     frame_ids: torch.Tensor
     context: PruneContext
     state: Any = None
+    frames_shown: list[int] | None = None
 
     @property
     def count(self) -> int:

@@ -5,6 +5,9 @@ It lets every command run offline with real numbers. Networks are in `tiny_net.p
 
 - vision: every frame is encoded (the mask decoder needs all of them, as SAM2 encodes every frame);
   the LLM sees the key frames only (`frames=first-4` by default, as Sa2VA shows its LLM 5 frames).
+- temporal patch: weights whose architecture has `temporal_patch` p > 1 show the LLM each run of p
+  key frames as one frame of tokens, the p frames' encoder outputs side by side per position (as
+  Qwen2.5-VL's vision tower patches 2 frames at once); an image is its frame repeated.
 - prefill: the kept visual tokens (original (t, y, x) positions) and the instruction words.
 - decode: one step feeding [SEG] with the key/value cache; its hidden state points at a visual token.
 - mask: the pointed token's position plus its centre vote prompts the class-agnostic mask head on its
@@ -26,7 +29,7 @@ from evtp_cli.data.frames import key_frame_indices
 from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models.base import IVSModel, Prediction, PrunePlan, VisualTokens
-from evtp_cli.models.tiny_net import PATCH, SEG, grid_coords, key_frame_coords
+from evtp_cli.models.tiny_net import PATCH, SEG, grid_coords, group_frames, group_starts, key_frame_coords
 from evtp_cli.pruners.base import PruneContext
 from evtp_cli.pruners.stages import LayerPrune, LLMState, VisionState, attention_received, attention_rows, member_mean
 
@@ -92,7 +95,8 @@ class TinyIVS(IVSModel):
 
     def info(self) -> dict:
         n_params = sum(p.numel() for n, p in self.net.named_parameters() if not n.startswith("attributes."))
-        return {"name": self.name, "weights": str(self.weights_path), "parameters": n_params, "frames": self.config.frames}
+        return {"name": self.name, "weights": str(self.weights_path), "parameters": n_params, "frames": self.config.frames,
+                "temporal_patch": self.temporal_patch}
 
     # --- encode ----------------------------------------------------------------------------------
 
@@ -115,33 +119,46 @@ class TinyIVS(IVSModel):
             tokens, f2, f1 = self.net.vision(images, capture)
             t, h, w = images.shape[0], images.shape[2] // PATCH, images.shape[3] // PATCH
             keys = key_frame_indices(t, self.config.frames) if sample.task == "video" else [0]
-            features = self.net.projector(tokens[keys]).flatten(0, 1)
-            n_keys = len(keys)
-            coords = key_frame_coords(n_keys, h, w, self.device)
-            frame_ids = torch.arange(n_keys, device=self.device).repeat_interleave(h * w)
-        state = {"tokens": tokens, "f2": f2, "f1": f1, "keys": keys, "grid": (h, w), "orig": orig}
+            grouped = group_frames(tokens[keys], self.temporal_patch)  # [G, N, p*C]: one LLM frame per group
+            features = self.net.projector(grouped).flatten(0, 1)
+            n_groups = grouped.shape[0]
+            coords = key_frame_coords(n_groups, h, w, self.device)
+            frame_ids = torch.arange(n_groups, device=self.device).repeat_interleave(h * w)
+        starts = group_starts(keys, self.temporal_patch)
+        state = {"tokens": tokens, "f2": f2, "f1": f1, "keys": keys, "grid": (h, w), "orig": orig,
+                 "llm_frames": starts, "grouped": grouped}  # fmt: skip
         context = self._context(frame_ids, capture["last_input"][keys])
-        return VisualTokens(features, coords, frame_ids, context, state)
+        return VisualTokens(features, coords, frame_ids, context, state, frames_shown=starts)
+
+    @property
+    def temporal_patch(self) -> int:
+        return self.net.arch.temporal_patch
 
     def _context(self, frame_ids: torch.Tensor, last_input: torch.Tensor) -> PruneContext:
         """Frame ids, plus lazy vision-side attention and keys of the last encoder layer for the key frames.
 
         The encoder has no [CLS] token: `attention` is the mean attention each token receives in its
         frame (over heads and queries), recomputed from the last block's q/k; `keys` are that block's
-        keys with the heads side by side ([N, C], `key_heads` heads).
+        keys with the heads side by side ([N, C], `key_heads` heads). With a temporal patch, both are
+        averaged over the frames of each group, so they line up with the LLM's tokens.
         """
         block = self.net.vision.blocks[-1]
         qk: list = []  # the block's q/k, computed once when first asked for
 
+        def per_group(x: torch.Tensor) -> torch.Tensor:  # [K, N, ...] per key frame -> [G*N, ...]
+            p = self.temporal_patch
+            grouped = group_frames(x.flatten(2), p).unflatten(-1, (p, -1)).mean(-2)
+            return grouped.reshape(-1, *x.shape[2:])
+
         @torch.inference_mode()
         def attention() -> torch.Tensor:
             qk[:] = qk or block.qk(last_input)
-            return attention_received(*qk).flatten()
+            return per_group(attention_received(*qk)[..., None])[:, 0]
 
         @torch.inference_mode()
         def keys() -> torch.Tensor:
             qk[:] = qk or block.qk(last_input)
-            return qk[1].transpose(1, 2).flatten(2).flatten(0, 1)
+            return per_group(qk[1].transpose(1, 2).flatten(2))
 
         extras = {"attention_kind": "mean-received", "key_heads": block.heads}
         return PruneContext(frame_ids=frame_ids, extras=extras, providers={"attention": attention, "keys": keys})
@@ -168,9 +185,9 @@ class TinyIVS(IVSModel):
             logits = net.pointer(seg_hidden[:, -1], hidden[:, :n_vis])[0]
             j = int(torch.argmax(logits))
             point = (coords[j, 1:] + net.offset(feats[j])).clamp(0.0, 1.0)
-            n_keys = len(st["keys"])
-            key_index = int(torch.round(coords[j, 0] * max(n_keys - 1, 1)).clamp(0, n_keys - 1))
-            frame = st["keys"][key_index]
+            starts = st["llm_frames"]
+            group = int(torch.round(coords[j, 0] * max(len(starts) - 1, 1)).clamp(0, len(starts) - 1))
+            frame = starts[group]
         with timer.stage("mask"):
             masks = self._segment(st, frame, point)
         extras.update({"pointed_token": j, "frame": frame, "point": point.tolist(), "visual_tokens_per_layer": counts})
@@ -183,7 +200,7 @@ class TinyIVS(IVSModel):
         if plan.inner is not None and plan.inner_stage == "vision":
             st = tokens.state
             with timer.stage("select"):
-                vision = st["tokens"][st["keys"]].flatten(0, 1)
+                vision = st["grouped"].flatten(0, 1)
                 merged = plan.inner(VisionState(vision, tokens.coords, tokens.context))
                 return self.net.projector(merged.features), merged.coords, dict(merged.info)
         if plan.inner is not None and plan.inner_stage != "llm":
@@ -264,7 +281,7 @@ class TinyIVS(IVSModel):
                     if offsets is None:
                         offsets = {}
                     if f not in offsets:
-                        offsets[f] = self.net.offset(self.net.projector(tokens[f]))
+                        offsets[f] = self.net.offset(self.net.project(tokens[f : f + 1])[0])
                     p = (yx[i] + offsets[f][i]).clamp(0.0, 1.0)
                     logits[f] = self._mask_logits(st, f, p)
                     centre = mask_centroid(logits[f] > 0)

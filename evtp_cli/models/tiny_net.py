@@ -36,6 +36,7 @@ class TinyArch:
     pointer_dim: int = 64
     max_text: int = 24
     fourier_bands: int = 8
+    temporal_patch: int = 1  # consecutive frames merged into one LLM token per position (Qwen2.5-VL: 2)
     vocab: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -147,10 +148,33 @@ class VisionEncoder(nn.Module):
         return self.norm(tokens), f2, f1
 
 
+def group_frames(tokens: torch.Tensor, temporal_patch: int) -> torch.Tensor:
+    """Vision tokens of consecutive frames [..., F, N, C] -> [..., ceil(F/p), N, p*C]: each group of p frames
+    side by side per position, as Qwen2.5-VL's temporal patch (p = 2) sees two frames. The last frame is
+    repeated to fill the last group, so an image is its frame twice (as transformers' Qwen2-VL image
+    processor pads, `image_processing_qwen2_vl.py`)."""
+    if temporal_patch == 1:
+        return tokens
+    f = tokens.shape[-3]
+    pad = -f % temporal_patch
+    if pad:
+        tokens = torch.cat([tokens, tokens[..., -1:, :, :].expand(*tokens.shape[:-3], pad, *tokens.shape[-2:])], -3)
+    grouped = tokens.unflatten(-3, (tokens.shape[-3] // temporal_patch, temporal_patch))  # [..., G, p, N, C]
+    return grouped.transpose(-3, -2).flatten(-2)
+
+
+def group_starts(frames: list[int], temporal_patch: int) -> list[int]:
+    """The first frame of each group of `frames` (see group_frames): where a group's token is labelled and prompted."""
+    return frames[::temporal_patch]
+
+
 class Projector(nn.Module):
+    """Grouped vision tokens [..., p*C] -> LLM width."""
+
     def __init__(self, arch: TinyArch):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(arch.vision_dim, arch.llm_dim), nn.GELU(), nn.Linear(arch.llm_dim, arch.llm_dim))
+        d = arch.llm_dim
+        self.net = nn.Sequential(nn.Linear(arch.temporal_patch * arch.vision_dim, d), nn.GELU(), nn.Linear(d, d))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.net(tokens)
@@ -333,6 +357,10 @@ class TinyIVSNet(nn.Module):
         self.offset = OffsetHead(arch)
         self.mask_head = MaskHead(arch)
         self.attributes = AttributeHead(arch, n_colours, n_shapes)
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Vision tokens of consecutive frames [..., F, N, C] -> LLM features [..., ceil(F/p), N, D]."""
+        return self.projector(group_frames(tokens, self.arch.temporal_patch))
 
     def tokens_to_grid(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """[B, h*w, C] -> [B, C, h, w]."""

@@ -33,7 +33,7 @@ from torch import nn
 
 from evtp_cli.data.frames import key_frame_indices
 from evtp_cli.data.synthetic import COLOURS, SHAPES, SPLIT_CODES, VOCABULARY, SceneConfig, generate_scene
-from evtp_cli.models.tiny_net import PATCH, SEG, TinyArch, TinyIVSNet, grid_coords, key_frame_coords
+from evtp_cli.models.tiny_net import PATCH, SEG, TinyArch, TinyIVSNet, grid_coords, group_starts, key_frame_coords
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MOTIONS = ["up", "down", "left", "right", None]  # None: still, or no dominant direction
@@ -161,7 +161,7 @@ def stage1_step(net: TinyIVSNet, batch: Batch, gen: torch.Generator) -> dict[str
     obj = own >= 0
     loss_size = (size_pred - size_t).abs()[obj].mean() if obj.any() else tokens.sum() * 0
     # offsets from projected tokens
-    proj = net.projector(tokens).view(bsz, t, h * w, -1)
+    proj = net.project(tokens[:, None]).view(bsz, t, h * w, -1)  # each frame on its own
     centres = object_centres(batch.instance)
     loss_off = offset_loss(net, proj, owner, centres, (h, w))
     # promptable masks: one random object per frame, prompted near its centre or at a pixel inside it
@@ -274,12 +274,11 @@ def stage2_step(
     key_images = batch.images.view(bsz, t, *batch.images.shape[1:])[:, keys].flatten(0, 1)
     with torch.no_grad():  # the vision encoder is frozen; only key frames reach the LLM
         tokens, _, _ = net.vision(key_images)
-    tokens = tokens.view(bsz, len(keys), h * w, -1)  # [B, K, N, C]
-    proj = net.projector(tokens)  # [B, K, N, D]
-    inst = batch.instance[:, :, keys]
+    proj = net.project(tokens.view(bsz, len(keys), h * w, -1))  # [B, K, N, D]: K frames of LLM tokens (groups)
+    inst = batch.instance[:, :, group_starts(keys, net.arch.temporal_patch)]  # a group is labelled by its first frame
     owner, cov = token_labels(inst, batch.n_objects)
     loss_off = offset_loss(net, proj, owner, object_centres(inst), (h, w))
-    kf = len(keys)
+    kf = proj.shape[1]
     coords = key_frame_coords(kf, h, w)
     logits, seg_hidden, vis_hidden = llm_forward(net, proj.flatten(1, 2), coords, batch.texts)
     positive = pointer_targets(owner, cov, torch.tensor(batch.targets), point_later)
@@ -316,6 +315,24 @@ def load(path: Path) -> tuple[TinyIVSNet, dict]:
     return net, json.loads(meta.get("train", "{}"))
 
 
+def with_temporal_patch(net: TinyIVSNet, temporal_patch: int) -> TinyIVSNet:
+    """`net` with its projector widened from single frames to groups of `temporal_patch` frames.
+
+    The first layer's weights are split evenly over the frames of a group, so a repeated frame (an
+    image) projects exactly as before and stage 2 starts from stage 1's projector."""
+    if temporal_patch == net.arch.temporal_patch:
+        return net
+    if net.arch.temporal_patch != 1:
+        raise SystemExit(f"can only widen a single-frame projector, not temporal_patch={net.arch.temporal_patch}")
+    arch = TinyArch(**{**net.arch.to_dict(), "temporal_patch": temporal_patch})
+    wide = TinyIVSNet(arch)
+    state = net.state_dict()
+    first = "projector.net.0.weight"
+    state[first] = state[first].repeat(1, temporal_patch) / temporal_patch
+    wide.load_state_dict(state)
+    return wide
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -331,6 +348,8 @@ def train(args: argparse.Namespace) -> Path:
             raise SystemExit("--init is for stage 2")
     else:
         net = TinyIVSNet(TinyArch(vocab=list(VOCABULARY)))
+    if args.stage == 2:  # stage 1 sees single frames; stage 2 widens its projector to the temporal patch
+        net = with_temporal_patch(net, args.temporal_patch)
     probes = None
     if args.stage == 2:
         for module in (net.vision, net.mask_head, net.attributes):
@@ -381,7 +400,7 @@ def train(args: argparse.Namespace) -> Path:
     recipe = {"seed": args.seed, "batch": args.batch, "lr": args.lr, "max_objects": args.max_objects}
     if args.stage == 2:
         recipe.update(video_fraction=args.video_fraction, key_frames=args.key_frames, probes=args.probes,
-                      motion_weight=args.motion_weight, point_later=args.point_later)
+                      motion_weight=args.motion_weight, point_later=args.point_later, temporal_patch=args.temporal_patch)
     save(net, path, {"stage": args.stage, "steps": step, "seconds": round(time.time() - start), **recipe})
     print(f"saved {path} after {step} steps, {time.time() - start:.0f}s")
     return path
@@ -410,6 +429,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probes", type=int, default=1, help="stage 2: deep supervision of LLM outputs (1) or not (0)")
     parser.add_argument("--motion-weight", type=float, default=5.0, help="stage 2: weight of the probes' motion terms")
     parser.add_argument("--point-later", type=int, default=1, help="stage 2: video pointer targets only after the first key frame (1) or in all (0)")
+    parser.add_argument("--temporal-patch", type=int, default=1,
+                        help="stage 2: consecutive key frames merged into one LLM token per position (Qwen2.5-VL: 2)")
     parser.add_argument("--init", default="")
     parser.add_argument("--out", default="runs/tiny")
     parser.add_argument("--log-every", type=int, default=25)
