@@ -118,8 +118,9 @@ def test_visualize_png(tmp_path, capsys):
     assert path.read_bytes()[:8] == PNG
     from PIL import Image
 
-    # a grid of 3 columns (input + 2 pruners) × 3 rows (the key frames tiny-ivs shows its LLM: all 3 here)
-    assert Image.open(path).size == (round(2.2 * 3 * 130), round((2.2 * 3 + 0.5) * 130))
+    # a grid of 3 columns (input + 2 pruners) × 2 rows: tiny-ivs shows its LLM the 3 frames as 2 frames of
+    # tokens, pairs (0, 1) and (2, 2) (its temporal patch is 2)
+    assert Image.open(path).size == (round(2.2 * 3 * 130), round((2.2 * 2 + 0.5) * 130))
     assert "evtp" in out and "uniform" in out and "token map" in out
 
 

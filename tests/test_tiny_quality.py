@@ -17,19 +17,13 @@ from evtp_cli.models import load_model
 
 # (dataset, bar) pairs that the shipped tiny-ivs weights and EVTP defaults miss (measured; see the module docstring)
 KNOWN_MISSES: set[tuple[str, str]] = {
-    ("synthetic-image:n=120,seed=7,objects=6", "evtp>=kcenter@0.1"),
+    ("synthetic-image:n=120,seed=0", "evtp>=kcenter@0.1"),
+    ("synthetic-image:n=120,seed=0", "evtp>=divprune@0.1"),
+    ("synthetic-image:n=120,seed=0", "evtp>=kcenter@0.2"),
+    ("synthetic-image:n=120,seed=0", "evtp>=divprune@0.2"),
     ("synthetic-image:n=120,seed=7,objects=6", "evtp>=divprune@0.1"),
-    ("synthetic-image:n=120,seed=7,objects=6", "evtp>=divprune@0.2"),
-    ("synthetic-video:n=40,seed=0", "random-5%-hurts"),
-    ("synthetic-video:n=40,seed=0", "evtp-20%-keeps-95%"),
-    ("synthetic-video:n=40,seed=0", "evtp>=kcenter@0.2"),
-    ("synthetic-video:n=40,seed=5,objects=6", "random-5%-hurts"),
-    ("synthetic-video:n=40,seed=5,objects=6", "evtp-20%-keeps-95%"),
     ("synthetic-video:n=40,seed=5,objects=6", "evtp>=kcenter@0.1"),
     ("synthetic-video:n=40,seed=5,objects=6", "evtp>=divprune@0.1"),
-    ("synthetic-video:n=40,seed=5,objects=6", "evtp>=kcenter@0.2"),
-    ("synthetic-video:n=40,seed=5,objects=6", "evtp>=divprune@0.2"),
-    ("synthetic-video:n=40,seed=5,objects=6", "evtp>=random@0.2"),
 }
 
 

@@ -8,7 +8,8 @@ offset heads learn to point at a token of the referred object (a cross-entropy o
 with all target tokens as positives), on images and videos (40 % of the steps). On video the targets are
 the object's tokens after the first key frame, the ones that under causal attention can see how it
 moved, and the probes' motion terms weigh 5x: without both the LLM does not learn motion instructions
-(docs/evtp.md, "Why video differed").
+(docs/evtp.md, "Why video differed"). The LLM sees each pair of key frames as one frame of tokens
+(`--temporal-patch 2`, as Qwen2.5-VL): stage 2 widens stage 1's single-frame projector to pairs.
 
     python -m evtp_cli.models.tiny_train --stage 1 --minutes 25 --lr 2e-3 --out runs/tiny
     python -m evtp_cli.models.tiny_train --stage 2 --minutes 65 --lr 1.5e-3 --init runs/tiny/stage1.safetensors --out runs/tiny
@@ -429,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probes", type=int, default=1, help="stage 2: deep supervision of LLM outputs (1) or not (0)")
     parser.add_argument("--motion-weight", type=float, default=5.0, help="stage 2: weight of the probes' motion terms")
     parser.add_argument("--point-later", type=int, default=1, help="stage 2: video pointer targets only after the first key frame (1) or in all (0)")
-    parser.add_argument("--temporal-patch", type=int, default=1,
+    parser.add_argument("--temporal-patch", type=int, default=2,
                         help="stage 2: consecutive key frames merged into one LLM token per position (Qwen2.5-VL: 2)")
     parser.add_argument("--init", default="")
     parser.add_argument("--out", default="runs/tiny")

@@ -309,7 +309,7 @@ def evtp_select(
     coords: torch.Tensor,
     k: int,
     frame_ids: torch.Tensor,
-    spatial_weight: float = 0.75,
+    spatial_weight: float = 0.5,
     info_weight: float = 1.0,
     temporal_scale: float = 1.0,
     temperature: float = 1.0,
@@ -382,7 +382,7 @@ class EVTP(Pruner):
 
     @dataclass
     class Config:
-        spatial_weight: float = 0.75
+        spatial_weight: float = 0.5
         info_weight: float = 1.0
         temporal_scale: float = 1.0
         temperature: float = 1.0
