@@ -324,7 +324,7 @@ def with_temporal_patch(net: TinyIVSNet, temporal_patch: int) -> TinyIVSNet:
     if temporal_patch == net.arch.temporal_patch:
         return net
     if net.arch.temporal_patch != 1:
-        raise SystemExit(f"can only widen a single-frame projector, not temporal_patch={net.arch.temporal_patch}")
+        raise ValueError(f"can only widen a single-frame projector, not temporal_patch={net.arch.temporal_patch}")
     arch = TinyArch(**{**net.arch.to_dict(), "temporal_patch": temporal_patch})
     wide = TinyIVSNet(arch)
     state = net.state_dict()
@@ -349,10 +349,9 @@ def train(args: argparse.Namespace) -> Path:
             raise SystemExit("--init is for stage 2")
     else:
         net = TinyIVSNet(TinyArch(vocab=list(VOCABULARY)))
-    if args.stage == 2:  # stage 1 sees single frames; stage 2 widens its projector to the temporal patch
-        net = with_temporal_patch(net, args.temporal_patch)
     probes = None
     if args.stage == 2:
+        net = with_temporal_patch(net, args.temporal_patch)  # stage 1 sees single frames
         for module in (net.vision, net.mask_head, net.attributes):
             module.requires_grad_(False)
         if args.probes:
