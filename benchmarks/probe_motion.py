@@ -5,9 +5,10 @@
 
 A visual token of key frame k can see frames 0..k (causal attention), so from the second key frame on it
 can know how its object moves. With a temporal patch (the shipped weights pair key frames), "key frame"
-here means the LLM's frame of tokens, a pair, and the first pair already sees its object move within it. The probe is fitted on the object tokens of those frames in 60 batches
-of synthetic train-split videos and scored on 15 other batches, against always guessing the most common
-class; the first key frame, which cannot see motion, is the control. About 2–3 minutes on 2 CPU cores.
+here means the LLM's frame of tokens, a pair, and the first pair already sees its object move within it.
+The probe is fitted on the object tokens of those frames in 60 batches of synthetic train-split videos
+and scored on 15 other batches, against always guessing the most common class; the first key frame,
+which cannot see motion, is the control. About 2–3 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations

@@ -124,11 +124,9 @@ class TinyIVS(IVSModel):
             n_groups = grouped.shape[0]
             coords = key_frame_coords(n_groups, h, w, self.device)
             frame_ids = torch.arange(n_groups, device=self.device).repeat_interleave(h * w)
-        starts = group_starts(keys, self.temporal_patch)
-        state = {"tokens": tokens, "f2": f2, "f1": f1, "keys": keys, "grid": (h, w), "orig": orig,
-                 "llm_frames": starts, "grouped": grouped}  # fmt: skip
+        state = {"tokens": tokens, "f2": f2, "f1": f1, "grid": (h, w), "orig": orig, "grouped": grouped}
         context = self._context(frame_ids, capture["last_input"][keys])
-        return VisualTokens(features, coords, frame_ids, context, state, frames_shown=starts)
+        return VisualTokens(features, coords, frame_ids, context, state, frames_shown=group_starts(keys, self.temporal_patch))
 
     @property
     def temporal_patch(self) -> int:
@@ -185,7 +183,7 @@ class TinyIVS(IVSModel):
             logits = net.pointer(seg_hidden[:, -1], hidden[:, :n_vis])[0]
             j = int(torch.argmax(logits))
             point = (coords[j, 1:] + net.offset(feats[j])).clamp(0.0, 1.0)
-            starts = st["llm_frames"]
+            starts = tokens.frames_shown
             group = int(torch.round(coords[j, 0] * max(len(starts) - 1, 1)).clamp(0, len(starts) - 1))
             frame = starts[group]
         with timer.stage("mask"):
