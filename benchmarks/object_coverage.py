@@ -1,0 +1,90 @@
+"""Which objects does each pruner keep a token of? Synthetic images; read with a finished run's accuracies.
+
+    python benchmarks/object_coverage.py runs/ablation-val "synthetic-image:split=val,n=300" 0.1 evtp kcenter divprune
+
+For each image the selection is the evaluation's own (tiny-ivs tokens, k = keep_count(ratio, N)). A token
+"covers" an object when at least half of its patch lies inside the object's mask. Printed per pruner: how
+often the target is covered, how often every object is, the share of kept tokens on background, and the
+share of samples segmented (IoU > 0.5, from RUN's samples.jsonl, which must hold the same dataset, ratio
+and pruner names), also split by whether every object was covered; then the mean feature distance between
+background tokens, object and background, tokens of one object and of two objects; then segmented and
+covered by instruction kind.
+It tests one explanation of where EVTP and k-center differ (docs/evtp.md, "Other ways to combine").
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evtp_cli.bench import resume as rs
+from evtp_cli.data import load_dataset
+from evtp_cli.data.synthetic import generate_scene
+from evtp_cli.metrics.timing import StageTimer
+from evtp_cli.models import load_model
+from evtp_cli.pruners import get_pruner
+from evtp_cli.pruners.base import keep_count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("dataset", help="a synthetic-image spec that RUN evaluated")
+    parser.add_argument("ratio", type=float)
+    parser.add_argument("pruners", nargs="+")
+    args = parser.parse_args()
+    iou = {(r["pruner"], r["index"]): r["iou"] for r in rs.read_records(args.run)
+           if r["dataset"] == args.dataset and r["ratio"] == args.ratio and r.get("status") == "ok"}
+    model, dataset = load_model("tiny-ivs"), load_dataset(args.dataset)
+    if dataset.task != "image":
+        raise SystemExit("object_coverage.py reads synthetic images only")
+    stats: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    pairs: dict[str, list[float]] = defaultdict(list)  # mean feature distance (1 - cos)/2 by kind of token pair
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        scene = generate_scene(dataset.rng(index), dataset.scene_config())
+        tokens = model.encode(sample, StageTimer())
+        n = tokens.features.shape[0]
+        grid = int(round(n**0.5))
+        masks = scene.instance_masks[:, 0]
+        objects, height, width = masks.shape
+        inside = masks.reshape(objects, grid, height // grid, grid, width // grid).mean((2, 4)).reshape(objects, n)
+        unit = torch.nn.functional.normalize(tokens.features.float(), dim=-1)
+        distance = ((1 - unit @ unit.T) / 2).numpy()
+        background = inside.sum(0) == 0
+        cores = [inside[o] >= 0.5 for o in range(objects)]
+        pairs["background-background"].append(distance[np.ix_(background, background)].mean())
+        for o, core in enumerate(cores):
+            if core.any():
+                pairs["object-background"].append(distance[np.ix_(core, background)].mean())
+                pairs["same object"].append(distance[np.ix_(core, core)].mean())
+                pairs["other object"] += [distance[np.ix_(core, other)].mean() for other in cores[o + 1:] if other.any()]
+        for name in args.pruners:
+            keep = get_pruner(name).select(tokens.features, tokens.coords, keep_count(args.ratio, n), tokens.context).numpy()
+            covered = (inside[:, keep] >= 0.5).any(1)
+            s = stats[name]
+            s["target"].append(covered[scene.target])
+            s["all"].append(covered.all())
+            s["background"].append(float((inside[:, keep].sum(0) < 0.5).mean()))
+            s["ok"].append(iou.get((name, index), 0.0) > 0.5)
+            s["kind"].append(scene.kind)
+            s["scored"].append((name, index) in iou)
+    for name, s in stats.items():
+        target, every, ok = (np.array(s[key]) for key in ("target", "all", "ok"))
+        missing = "" if all(s["scored"]) else f"  ({len(s['scored']) - sum(s['scored'])} samples not in {args.run})"
+        print(f"{name:40s} target covered {target.mean():.3f}  all covered {every.mean():.3f}  background share "
+              f"{np.mean(s['background']):.3f}  segmented {ok.mean():.3f}  (all covered: {ok[every].mean():.3f}, "
+              f"not: {ok[~every].mean() if (~every).any() else float('nan'):.3f}){missing}")
+    print("mean feature distance (1 - cos)/2:", ", ".join(f"{pair} {np.mean(v):.3f}" for pair, v in pairs.items()))
+    print("by kind: segmented / all objects covered")
+    for name, s in stats.items():
+        kinds, ok, every = np.array(s["kind"]), np.array(s["ok"]), np.array(s["all"])
+        print(f"{name:40s}", "  ".join(f"{k} {ok[kinds == k].mean():.2f} / {every[kinds == k].mean():.2f}" for k in sorted(set(kinds))))
+
+
+if __name__ == "__main__":
+    main()
