@@ -61,6 +61,25 @@ def test_report_md(sweep, capsys):
     assert f"{uniform['giou']:.3f}" in text
 
 
+def test_report_versus_gives_the_rows_differences(sweep, capsys):
+    code, _, err = cli(capsys, "report", str(sweep), "--versus", "uniform")
+    assert code == 0, err
+    text = (sweep / "report.md").read_text()
+    assert "## Paired differences: uniform against each pruner" in text
+    rows = {(r["pruner"], r["ratio"]): r for r in read_results(sweep)["rows"]}
+    for ratio in (0.1, 0.5):
+        # no sample failed, so the mean of per-sample differences is the difference of the rows' gIoU
+        delta = rows[("uniform", ratio)]["giou"] - rows[("random", ratio)]["giou"]
+        line = next(l for l in text.splitlines() if l.startswith(f"| {ratio:g} | random | 6 |"))
+        assert line.split(" | ")[3] == f"{delta:+.3f}".replace("-0.000", "+0.000")
+
+
+def test_report_versus_an_unknown_pruner_is_one_clear_line(sweep, capsys):
+    code, _, err = cli(capsys, "report", str(sweep), "--versus", "evtp")
+    assert code == 2
+    assert "not a pruner of this run" in err and "random" in err and "uniform" in err and "Traceback" not in err
+
+
 def test_coverage(sweep, capsys):
     code, out, err = cli(capsys, "coverage", str(sweep))
     assert code == 0, err

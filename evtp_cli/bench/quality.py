@@ -29,8 +29,9 @@ BARS = ["full", "random-5%-hurts", "evtp-20%-keeps-95%"] + [f"evtp>={name}@{r}" 
 Scores = dict[tuple[str, float], float]
 
 
-def case_scores(model: Any, dataset_spec: str) -> Scores:
-    """(pruner, ratio) -> the case's metric, for every setting the bars read (one interleaved pass)."""
+def case_scores(model: Any, dataset_spec: str, log: Any | None = None) -> Scores:
+    """(pruner, ratio) -> the case's metric, for every setting the bars read (one interleaved pass).
+    With `log` (a SampleLog), the per-sample records are written too, for the paired differences."""
     from evtp_cli.data import load_dataset
     from evtp_cli.pruners import get_pruner
 
@@ -40,7 +41,7 @@ def case_scores(model: Any, dataset_spec: str) -> Scores:
     for ratio in RATIOS:
         for name in ["evtp", *BASELINES]:
             settings.append((Setting(model.name, dataset_spec, name, ratio), get_pruner(name)))
-    rows = evaluate_dataset(model, dataset, settings, warmup=0)
+    rows = evaluate_dataset(model, dataset, settings, warmup=0, log=log)
     metric = CASES[dataset_spec][0]
     return {(r["pruner"], r["ratio"]): r[metric] for r in rows}
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from evtp_cli.bench.evaluate import REFERENCE
 from evtp_cli.bench.tables import fmt_cell
+from evtp_cli.errors import EvtpError
 
 PRIMARY_METRIC = {"image": "giou", "video": "JF"}
 METRIC_LABEL = {"giou": "gIoU", "ciou": "cIoU", "JF": "J&F", "J": "J", "F": "F"}
@@ -175,10 +176,13 @@ def _joined(value: Any) -> str:
     return ", ".join(f"`{v}`" if isinstance(v, str) else f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, list) else f"`{value}`"
 
 
-def write_report(results_dir: str | Path) -> Path:
-    """RESULTS_DIR/report.md: provenance, the tables, the plots (regenerated next to it) and the failures,
-    with relative image links so that the folder can be pasted or attached as it is."""
-    from evtp_cli.bench.results import SAMPLES_JSONL, SampleLog, read_results
+def write_report(results_dir: str | Path, versus: str | None = None) -> Path:
+    """RESULTS_DIR/report.md: provenance, the tables, the plots (regenerated next to it), the paired
+    differences of `versus` (default: evtp, where the run has it) against the other pruners, and the
+    failures, with relative image links so that the folder can be pasted or attached as it is."""
+    from evtp_cli.bench.paired import paired_markdown, paired_rows
+    from evtp_cli.bench.results import read_results
+    from evtp_cli.bench.resume import read_records
 
     out = Path(results_dir)
     data = read_results(out)
@@ -205,6 +209,16 @@ def write_report(results_dir: str | Path) -> Path:
     if meta.get("stopped_early"):
         lines.append("- **stopped early** (--max-failures): the rows cover only the samples that finished")
     lines += ["", "## Accuracy by keep ratio", "", table_markdown(rows), "## All rows", "", detail_markdown(rows)]
+    records = read_records(out)  # samples.jsonl, and rank files of a sharded run not merged yet
+    pruners = sorted({r["pruner"] for r in rows})
+    if versus is not None and versus not in pruners:
+        raise EvtpError(f"--versus {versus!r} is not a pruner of this run; choose one of: {', '.join(pruners)}")
+    versus = versus or ("evtp" if "evtp" in pruners else None)
+    paired = paired_rows(records, versus) if versus else []
+    if paired:
+        lines += [f"## Paired differences: {versus} against each pruner", "",
+                  "Per-sample accuracy of the same samples; the interval is a percentile bootstrap over samples, the sign "
+                  "test compares wins with losses (docs/reports.md).", "", paired_markdown(paired, versus)]
     if ratio_plots or latency_plots:
         lines += ["## Plots", ""]
         for a, b in zip(ratio_plots, latency_plots):
@@ -218,7 +232,7 @@ def write_report(results_dir: str | Path) -> Path:
     failed = {k: v for k, v in (meta.get("failed_samples") or {}).items() if v}
     if failed:
         reasons: dict[str, str] = {}
-        for rec in SampleLog.read(out / SAMPLES_JSONL):
+        for rec in records:
             if rec.get("status") == "failed":
                 reasons.setdefault(str(rec.get("id")), str(rec.get("reason")))
         lines += ["## Failed samples", "", "Left out of every metric (their records are in samples.jsonl).", ""]

@@ -27,11 +27,14 @@ def _results_dir(path: Path) -> Path:
 @app.command("report")
 def report(
     results_dir: Path = typer.Argument(..., help="Output folder of a prune-eval or sweep-ratios run."),
+    versus: Optional[str] = typer.Option(
+        None, "--versus", help="Pruner (as the run names it) to compare with every other one, sample by sample (default: evtp, if it ran)."
+    ),
 ) -> None:
-    """Write RESULTS_DIR/report.md: provenance, tables, plots (accuracy vs ratio and vs latency), failures, coverage."""
+    """Write RESULTS_DIR/report.md: provenance, tables, paired differences, plots (accuracy vs ratio and vs latency), failures, coverage."""
     from evtp_cli.bench.report import write_report
 
-    path = write_report(_results_dir(results_dir))
+    path = write_report(_results_dir(results_dir), versus)
     console.print(f"report: {path}")
 
 
