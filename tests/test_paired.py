@@ -85,3 +85,11 @@ def test_records_pair_on_the_sample_index_and_skip_failures():
     d = rows[0]["paired"]  # samples 0, 1, 2: differences 0, -1, +0.5 (sample 3 failed under evtp)
     assert (d.n, d.wins, d.losses, d.ties) == (3, 1, 1, 1) and d.mean == pytest.approx(-0.5 / 3)
     assert rows[1]["paired"].mean == pytest.approx(-0.5)  # videos pair on J&F
+
+
+def test_records_pair_on_any_hashable_index():
+    # benchmarks/paired_pooled.py pools runs by indexing samples with (run, dataset, index)
+    records = [_rec("evtp", 0.1, ("r1", "d", 0), 1.0), _rec("evtp", 0.1, ("r2", "d", 0), 0.0),
+               _rec("kcenter", 0.1, ("r1", "d", 0), 0.0), _rec("kcenter", 0.1, ("r2", "d", 0), 0.0)]
+    (row,) = paired_rows(records, "evtp")
+    assert (row["paired"].n, row["paired"].wins, row["paired"].ties) == (2, 1, 1)

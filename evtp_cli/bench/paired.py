@@ -103,7 +103,7 @@ def paired_rows(records: Iterable[dict[str, Any]], versus: str, **options: Any) 
     for rec in records:
         value = sample_accuracy(rec)
         if value is not None:
-            scores.setdefault((rec["model"], rec["dataset"], float(rec["ratio"]), rec["pruner"]), {})[int(rec["index"])] = value
+            scores.setdefault((rec["model"], rec["dataset"], float(rec["ratio"]), rec["pruner"]), {})[rec["index"]] = value
     rows = []
     for (model, dataset, ratio, pruner), theirs in scores.items():
         ours = scores.get((model, dataset, ratio, versus))
