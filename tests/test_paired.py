@@ -93,3 +93,13 @@ def test_records_pair_on_any_hashable_index():
                _rec("kcenter", 0.1, ("r1", "d", 0), 0.0), _rec("kcenter", 0.1, ("r2", "d", 0), 0.0)]
     (row,) = paired_rows(records, "evtp")
     assert (row["paired"].n, row["paired"].wins, row["paired"].ties) == (2, 1, 1)
+
+
+def test_not_worse_fails_on_a_real_loss_and_passes_a_tie():
+    from evtp_cli.bench.quality import not_worse
+
+    lost = [_rec("evtp", 0.1, i, 0.0 if i < 10 else 1.0) for i in range(40)] + [_rec("kcenter", 0.1, i, 1.0) for i in range(40)]
+    ok, measured = not_worse(lost, "kcenter", 0.1)
+    assert not ok and "lost 10 of 40" in measured
+    tied = [_rec("evtp", 0.1, i, float(i % 2)) for i in range(40)] + [_rec("kcenter", 0.1, i, float((i + 1) % 2)) for i in range(40)]
+    assert not_worse(tied, "kcenter", 0.1)[0]  # 20 won, 20 lost: within noise

@@ -8,6 +8,9 @@ Bars, per case:
 - `random-5%-hurts`: random pruning at 0.05 keeps < 60% of the full-token score (the LLM path carries the task);
 - `evtp-20%-keeps-95%`: EVTP at 0.2 keeps >= 95% of the full-token score;
 - `evtp>=NAME@R`: EVTP at R is at least as good as NAME at R, for kcenter, divprune, random and uniform.
+
+Beside the bars, a weaker check that the bars do not replace: EVTP is not worse than NAME at R beyond
+noise (the upper end of the paired 95 % bootstrap interval of EVTP − NAME is at least 0; `not_worse`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,23 @@ def case_scores(model: Any, dataset_spec: str, log: Any | None = None) -> Scores
     rows = evaluate_dataset(model, dataset, settings, warmup=0, log=log)
     metric = CASES[dataset_spec][0]
     return {(r["pruner"], r["ratio"]): r[metric] for r in rows}
+
+
+class RecordLog(list):
+    """An in-memory samples log: `evaluate_dataset(log=...)` appends its per-sample records."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.append(record)
+
+
+def not_worse(records: list[dict[str, Any]], name: str, ratio: float) -> tuple[bool, str]:
+    """(whether EVTP at `ratio` is not worse than `name` beyond noise, the paired difference) from a case's records."""
+    from evtp_cli.bench.paired import paired_rows
+
+    (row,) = [r for r in paired_rows(records, "evtp") if r["pruner"] == name and r["ratio"] == ratio]
+    d = row["paired"]
+    measured = f"EVTP@{ratio:g} − {name}: {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}], won {d.wins} / lost {d.losses} of {d.n}"
+    return d.high >= 0, measured
 
 
 def judge(score: Scores, dataset_spec: str, bar: str) -> tuple[bool, str]:
