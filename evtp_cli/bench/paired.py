@@ -99,7 +99,7 @@ def paired_rows(records: Iterable[dict[str, Any]], versus: str, **options: Any) 
     """`versus` against every other pruner of a run, per model × dataset × keep ratio, from samples.jsonl
     records. Samples are matched on their index; a sample that failed under either setting is left out.
     Each row: model, dataset, ratio, pruner, and the PairedDifference of `versus` minus `pruner`."""
-    scores: dict[tuple[str, str, float, str], dict[int, float]] = {}
+    scores: dict[tuple[str, str, float, str], dict[Any, float]] = {}  # index -> accuracy
     for rec in records:
         value = sample_accuracy(rec)
         if value is not None:

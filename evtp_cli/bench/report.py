@@ -189,6 +189,10 @@ def write_report(results_dir: str | Path, versus: str | None = None) -> Path:
     if out.is_file():
         out = out.parent
     rows, meta = data["rows"], data.get("meta", {})
+    pruners = sorted({r["pruner"] for r in rows})
+    if versus is not None and versus not in pruners:
+        raise EvtpError(f"--versus {versus!r} is not a pruner of this run; choose one of: {', '.join(pruners)}")
+    versus = versus or ("evtp" if "evtp" in pruners else None)
     ratio_plots = plot_accuracy_vs_ratio(rows, out)
     latency_plots = plot_accuracy_vs_latency(rows, out)
     lines = ["# evtp results", ""]
@@ -210,10 +214,6 @@ def write_report(results_dir: str | Path, versus: str | None = None) -> Path:
         lines.append("- **stopped early** (--max-failures): the rows cover only the samples that finished")
     lines += ["", "## Accuracy by keep ratio", "", table_markdown(rows), "## All rows", "", detail_markdown(rows)]
     records = read_records(out)  # samples.jsonl, and rank files of a sharded run not merged yet
-    pruners = sorted({r["pruner"] for r in rows})
-    if versus is not None and versus not in pruners:
-        raise EvtpError(f"--versus {versus!r} is not a pruner of this run; choose one of: {', '.join(pruners)}")
-    versus = versus or ("evtp" if "evtp" in pruners else None)
     paired = paired_rows(records, versus) if versus else []
     if paired:
         lines += [f"## Paired differences: {versus} against each pruner", "",
