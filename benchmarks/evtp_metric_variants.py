@@ -64,8 +64,6 @@ class Variant(Pruner):
     name = "variant"
 
     def __init__(self, rule: str, lam: float = 0.5, beta: float = 1.0, theta: float = 0.1):
-        if rule not in ("sum", "max", "two-phase"):
-            raise SystemExit(f"unknown variant {rule!r}: use sum, max or two-phase")
         super().__init__()
         self.args = (rule, lam, beta, theta)
 
@@ -78,11 +76,21 @@ class Variant(Pruner):
         return torch.cat(picked)
 
 
+VARIANT_OPTIONS = ("lam", "beta", "theta")
+
+
 def parse(spec: str) -> Pruner:
-    if ":" not in spec and spec not in ("sum", "max", "two-phase"):
-        return get_pruner(spec)
+    """A variant (`sum`, `max`, `two-phase`, with options lam, beta, theta) or any registered pruner spec."""
     rule, _, options = spec.partition(":")
-    return Variant(rule, **{key: float(value) for key, value in (o.split("=") for o in options.split(",") if o)})
+    if rule not in ("sum", "max", "two-phase"):
+        return get_pruner(spec)
+    kwargs = {}
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if key not in VARIANT_OPTIONS:
+            raise SystemExit(f"unknown option {key!r} in {spec!r}: use {', '.join(VARIANT_OPTIONS)}")
+        kwargs[key] = float(value)
+    return Variant(rule, **kwargs)
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
     python benchmarks/object_coverage.py runs/ablation-val "synthetic-image:split=val,n=300" 0.1 evtp kcenter divprune
 
-For each image the selection is the evaluation's own (tiny-ivs tokens, k = keep_count(ratio, N)). A token
+For each image the selection is the evaluation's own: the run's model (its first, from run.json), k =
+keep_count(ratio, N) and the run's per-sample seed (`select_pre_llm`), for pruners that select from the
+LLM's input tokens. Samples the run did not score under a pruner are left out of its numbers. A token
 "covers" an object when at least half of its patch lies inside the object's mask. Printed per pruner: how
 often the target is covered, how often every object is, the share of kept tokens on background, and the
 share of samples segmented (IoU > 0.5, from RUN's samples.jsonl, which must hold the same dataset, ratio
@@ -22,12 +24,12 @@ import numpy as np
 import torch
 
 from evtp_cli.bench import resume as rs
+from evtp_cli.bench.evaluate import select_pre_llm
 from evtp_cli.data import load_dataset
 from evtp_cli.data.synthetic import generate_scene
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models import load_model
 from evtp_cli.pruners import get_pruner
-from evtp_cli.pruners.base import keep_count
 
 
 def main() -> None:
@@ -37,11 +39,15 @@ def main() -> None:
     parser.add_argument("ratio", type=float)
     parser.add_argument("pruners", nargs="+")
     args = parser.parse_args()
-    iou = {(r["pruner"], r["index"]): r["iou"] for r in rs.read_records(args.run)
+    identity = rs.previous_identity(args.run)
+    if identity is None:
+        raise SystemExit(f"{args.run} has no run.json; give the output folder of a sweep-ratios or prune-eval run")
+    iou = {(r["pruner"], r["index"]): r["iou"] for r in rs.load_done(args.run).values()
            if r["dataset"] == args.dataset and r["ratio"] == args.ratio and r.get("status") == "ok"}
-    model, dataset = load_model("tiny-ivs"), load_dataset(args.dataset)
+    model, dataset = load_model(identity["models"][0]), load_dataset(args.dataset)
     if dataset.task != "image":
         raise SystemExit("object_coverage.py reads synthetic images only")
+    pruners = {name: get_pruner(name) for name in args.pruners}
     stats: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     pairs: dict[str, list[float]] = defaultdict(list)  # mean feature distance (1 - cos)/2 by kind of token pair
     for index in range(len(dataset)):
@@ -63,27 +69,35 @@ def main() -> None:
                 pairs["object-background"].append(distance[np.ix_(core, background)].mean())
                 pairs["same object"].append(distance[np.ix_(core, core)].mean())
                 pairs["other object"] += [distance[np.ix_(core, other)].mean() for other in cores[o + 1:] if other.any()]
-        for name in args.pruners:
-            keep = get_pruner(name).select(tokens.features, tokens.coords, keep_count(args.ratio, n), tokens.context).numpy()
+        for name, pruner in pruners.items():
+            if (name, index) not in iou:
+                stats[name]["not scored"].append(index)
+                continue
+            keep = select_pre_llm(pruner, tokens, args.ratio, identity.get("seed", 0), sample.id).indices.numpy()
             covered = (inside[:, keep] >= 0.5).any(1)
             s = stats[name]
             s["target"].append(covered[scene.target])
             s["all"].append(covered.all())
-            s["background"].append(float((inside[:, keep].sum(0) < 0.5).mean()))
-            s["ok"].append(iou.get((name, index), 0.0) > 0.5)
+            s["background"].append(float((inside[:, keep].sum(0) == 0).mean()))
+            s["ok"].append(iou[(name, index)] > 0.5)
             s["kind"].append(scene.kind)
-            s["scored"].append((name, index) in iou)
+    def share(x: np.ndarray) -> str:
+        return f"{x.mean():.3f}" if x.size else "–"
+
     for name, s in stats.items():
+        if not s["ok"]:
+            print(f"{name:40s} not scored in {args.run} at {args.ratio:g}")
+            continue
         target, every, ok = (np.array(s[key]) for key in ("target", "all", "ok"))
-        missing = "" if all(s["scored"]) else f"  ({len(s['scored']) - sum(s['scored'])} samples not in {args.run})"
-        print(f"{name:40s} target covered {target.mean():.3f}  all covered {every.mean():.3f}  background share "
-              f"{np.mean(s['background']):.3f}  segmented {ok.mean():.3f}  (all covered: {ok[every].mean():.3f}, "
-              f"not: {ok[~every].mean() if (~every).any() else float('nan'):.3f}){missing}")
+        missing = f"  ({len(s['not scored'])} samples not scored in {args.run}, left out)" if s["not scored"] else ""
+        print(f"{name:40s} target covered {share(target)}  all covered {share(every)}  background share "
+              f"{np.mean(s['background']):.3f}  segmented {share(ok)}  (all covered: {share(ok[every])}, "
+              f"not: {share(ok[~every])}){missing}")
     print("mean feature distance (1 - cos)/2:", ", ".join(f"{pair} {np.mean(v):.3f}" for pair, v in pairs.items()))
     print("by kind: segmented / all objects covered")
     for name, s in stats.items():
         kinds, ok, every = np.array(s["kind"]), np.array(s["ok"]), np.array(s["all"])
-        print(f"{name:40s}", "  ".join(f"{k} {ok[kinds == k].mean():.2f} / {every[kinds == k].mean():.2f}" for k in sorted(set(kinds))))
+        print(f"{name:40s}", "  ".join(f"{k} {ok[kinds == k].mean():.2f} / {every[kinds == k].mean():.2f}" for k in sorted(set(s["kind"]))))
 
 
 if __name__ == "__main__":

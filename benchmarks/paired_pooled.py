@@ -5,8 +5,8 @@ their videos at once (docs/evtp.md, "Ablation": is EVTP's lead on the validation
         --alias evtp=evtp:spatial_weight=0.5,mode=per-frame --alias evtp=evtp:spatial_weight=0.5 --versus evtp --pruners kcenter,divprune
 
 `--alias NAME=SPEC` treats the pruner SPEC (as a run names it) as NAME, for runs that spelled one setting
-differently. Samples pair within their run and dataset (evtp_cli.bench.paired); per keep ratio, the
-table gives images, videos and both together.
+differently. Samples pair within their run, model and dataset (evtp_cli.bench.paired). Three tables,
+by keep ratio: images, images and videos together, videos.
 """
 
 from __future__ import annotations
@@ -31,10 +31,15 @@ def main() -> None:
         records = read_records(run)
         if not records:
             raise SystemExit(f"{run} holds no samples.jsonl records")
+        spelled: dict[tuple, str] = {}
         for rec in records:
+            name = alias.get(rec["pruner"], rec["pruner"])
+            setting = (rec["model"], rec["dataset"], rec["ratio"], name)
+            if spelled.setdefault(setting, rec["pruner"]) != rec["pruner"]:
+                raise SystemExit(f"{run}: {spelled[setting]!r} and {rec['pruner']!r} both stand for {name!r}; alias only one of them")
             task = "videos" if "JF" in rec else "images"
-            key = (str(run), rec["dataset"], rec["index"])
-            rec = {**rec, "pruner": alias.get(rec["pruner"], rec["pruner"]), "model": "pooled", "index": key}
+            key = None if rec.get("index") is None else (str(run), rec["model"], rec["dataset"], rec["index"])
+            rec = {**rec, "pruner": name, "model": "pooled", "index": key}
             pooled += [{**rec, "dataset": task}, {**rec, "dataset": "images and videos"}]
     rows = paired_rows(pooled, args.versus)
     if args.pruners:

@@ -4,22 +4,20 @@
     python benchmarks/quality_bars.py --model "tiny-ivs:weights=runs/tiny/stage2.safetensors"   # a retrained candidate
 
 The cases and bars are those of tests/test_tiny_quality.py (`evtp_cli.bench.quality`); after a retrain,
-paste the tables into the README and update the test's KNOWN_MISSES to the ✗ cells. The second table
-gives, for each "EVTP ≥ baseline" bar, the paired difference over the case's samples with its bootstrap
-interval and sign test (`evtp_cli.bench.paired`): whether a miss is more than this many samples can tell.
+paste the tables into the README and update the test's KNOWN_MISSES to the ✗ cells. After the bars,
+one table per case gives, for each "EVTP ≥ baseline" bar, the paired difference over the case's samples
+with its bootstrap interval and sign test (`evtp_cli.bench.paired`): whether a miss is more than this
+many samples can tell.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import torch
 
 from evtp_cli.bench.paired import paired_markdown, paired_rows
-from evtp_cli.bench.quality import BARS, BASELINES, CASES, RATIOS, case_scores, judge, markdown_table
-from evtp_cli.bench.results import SampleLog
+from evtp_cli.bench.quality import BARS, BASELINES, CASES, RATIOS, RecordLog, case_scores, judge, markdown_table
 from evtp_cli.models import load_model
 
 
@@ -31,15 +29,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    scores = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        samples = Path(tmp) / "samples.jsonl"
-        with SampleLog(samples) as log:
-            for spec in CASES:
-                scores[spec] = case_scores(model, spec, log)
-                misses = [bar for bar in BARS if not judge(scores[spec], spec, bar)[0]]
-                print(f"{spec}: {len(BARS) - len(misses)}/{len(BARS)} bars hold; misses: {', '.join(misses) or 'none'}", flush=True)
-        paired = [row for row in paired_rows(SampleLog.read(samples), "evtp") if row["pruner"] in BASELINES and row["ratio"] in RATIOS]
+    scores, records = {}, RecordLog()
+    for spec in CASES:
+        scores[spec] = case_scores(model, spec, records)
+        misses = [bar for bar in BARS if not judge(scores[spec], spec, bar)[0]]
+        print(f"{spec}: {len(BARS) - len(misses)}/{len(BARS)} bars hold; misses: {', '.join(misses) or 'none'}", flush=True)
+    paired = [row for row in paired_rows(records, "evtp") if row["pruner"] in BASELINES and row["ratio"] in RATIOS]
     print()
     print(markdown_table(scores))
     print(paired_markdown(paired, "evtp"))

@@ -74,6 +74,15 @@ def test_report_versus_gives_the_rows_differences(sweep, capsys):
         assert line.split(" | ")[3] == f"{delta:+.3f}".replace("-0.000", "+0.000")
 
 
+def test_report_versus_a_pruner_with_nothing_to_pair_says_so(sweep, capsys):
+    code, _, err = cli(capsys, "report", str(sweep), "--versus", "none")  # the reference runs at 1.0 only
+    assert code == 0, err
+    assert "Nothing to pair: no other pruner ran at a keep ratio of `none`" in (sweep / "report.md").read_text()
+    code, _, err = cli(capsys, "report", str(sweep))  # no --versus and no evtp in the run: no section
+    assert code == 0, err
+    assert "## Paired differences" not in (sweep / "report.md").read_text()
+
+
 def test_report_versus_an_unknown_pruner_is_one_clear_line(sweep, capsys):
     code, _, err = cli(capsys, "report", str(sweep), "--versus", "evtp")
     assert code == 2

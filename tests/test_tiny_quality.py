@@ -68,7 +68,7 @@ def test_quality_bar(evaluated, dataset_spec, bar):
 @pytest.mark.parametrize("name", BASELINES)
 def test_evtp_not_worse_beyond_noise(evaluated, dataset_spec, ratio, name):
     """Weaker than the bars, and no substitute for them: EVTP never loses to a baseline by more than the
-    case's samples can tell (paired 95 % bootstrap interval; evtp_cli.bench.paired)."""
+    case's samples can tell (the paired comparison's verdict is not `worse`; evtp_cli.bench.paired)."""
     _, records = evaluated(dataset_spec)
     ok, measured = not_worse(records, name, ratio)
     assert ok, measured

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from evtp_cli.bench.evaluate import Setting, record_key, run_sample, score_sample, select_pre_llm
+from evtp_cli.bench.results import sample_accuracy
 from evtp_cli.bench.tables import fmt_cell
 from evtp_cli.errors import EvtpError
 
@@ -51,13 +52,6 @@ class CoverageResult:
     summary: Any  # pandas DataFrame, one row per (model, dataset, pruner, ratio) and pooled rows
     warnings: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # pruner -> why it has no radii
-
-
-def _accuracy(rec: dict[str, Any]) -> float | None:
-    for key in ("iou", "JF"):
-        if rec.get(key) is not None:
-            return float(rec[key])
-    return None
 
 
 def analyse(results_dir: str | Path, device: str = "cpu", progress: Callable[[str, int], Any] | None = None,
@@ -91,7 +85,7 @@ def analyse(results_dir: str | Path, device: str = "cpu", progress: Callable[[st
     datasets = [(spec, open_dataset(spec)) for spec in identity["datasets"]]
 
     def scorable(name: str, rec: dict | None) -> bool:  # a finished, scored record of a pruner analysed here
-        return name not in skipped and rec is not None and rec.get("status") == "ok" and _accuracy(rec) is not None
+        return name not in skipped and rec is not None and rec.get("status") == "ok" and sample_accuracy(rec) is not None
 
     for model_spec in identity["models"]:
         model = load_model(model_spec, **_model_overrides(model_spec, device, identity.get("frames")))
@@ -136,7 +130,7 @@ def analyse(results_dir: str | Path, device: str = "cpu", progress: Callable[[st
                         "ratio": setting.ratio, "index": index, "id": sample.id, "tokens": tokens.count, "kept": int(keep.numel()),
                         "radius_image": covering_radius(coords, keep.to(coords.device)),
                         "radius_feature": covering_radius(unit, keep.to(unit.device)),
-                        "accuracy": _accuracy(rec),
+                        "accuracy": sample_accuracy(rec),
                     })
                 if advance is not None:
                     advance()
@@ -154,8 +148,8 @@ def _unit(features):
 def _check_prediction(model, sample, pruner, setting, seed, rec, iou_cls, jf_cls) -> list[str]:
     """Run one recorded sample again and compare its accuracy with the record."""
     prediction, *_ = run_sample(model, sample, pruner, setting.ratio, seed)
-    now = _accuracy(score_sample(sample, prediction.masks, iou_cls(), jf_cls()))
-    then = _accuracy(rec)
+    now = sample_accuracy(score_sample(sample, prediction.masks, iou_cls(), jf_cls()))
+    then = sample_accuracy(rec)
     if now is None or then is None or abs(now - then) <= CHECK_TOLERANCE:
         return []
     return [

@@ -10,7 +10,7 @@ Bars, per case:
 - `evtp>=NAME@R`: EVTP at R is at least as good as NAME at R, for kcenter, divprune, random and uniform.
 
 Beside the bars, a weaker check that the bars do not replace: EVTP is not worse than NAME at R beyond
-noise (the upper end of the paired 95 % bootstrap interval of EVTP − NAME is at least 0; `not_worse`).
+noise (the paired comparison of EVTP − NAME does not say `worse`: evtp_cli.bench.paired; `not_worse`).
 """
 
 from __future__ import annotations
@@ -60,10 +60,13 @@ def not_worse(records: list[dict[str, Any]], name: str, ratio: float) -> tuple[b
     """(whether EVTP at `ratio` is not worse than `name` beyond noise, the paired difference) from a case's records."""
     from evtp_cli.bench.paired import paired_rows
 
-    (row,) = [r for r in paired_rows(records, "evtp") if r["pruner"] == name and r["ratio"] == ratio]
-    d = row["paired"]
-    measured = f"EVTP@{ratio:g} − {name}: {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}], won {d.wins} / lost {d.losses} of {d.n}"
-    return d.high >= 0, measured
+    found = [r["paired"] for r in paired_rows(records, "evtp") if r["pruner"] == name and r["ratio"] == ratio]
+    if not found:
+        raise ValueError(f"no paired samples of evtp and {name} at {ratio:g} in these records")
+    d = found[0]
+    measured = (f"EVTP@{ratio:g} − {name}: {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}], won {d.wins} / lost {d.losses} "
+                f"of {d.n}, sign test p {d.p_sign:.3g}")
+    return d.verdict != "worse", measured
 
 
 def judge(score: Scores, dataset_spec: str, bar: str) -> tuple[bool, str]:

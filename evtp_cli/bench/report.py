@@ -216,9 +216,13 @@ def write_report(results_dir: str | Path, versus: str | None = None) -> Path:
     records = read_records(out)  # samples.jsonl, and rank files of a sharded run not merged yet
     paired = paired_rows(records, versus) if versus else []
     if paired:
+        explain = ("Per-sample accuracy of the same samples; the interval is a percentile bootstrap over samples, the sign "
+                   "test compares wins with losses, and the verdict needs both (docs/reports.md).")
+        lines += [f"## Paired differences: {versus} against each pruner", "", explain, "", paired_markdown(paired, versus)]
+    elif versus:
         lines += [f"## Paired differences: {versus} against each pruner", "",
-                  "Per-sample accuracy of the same samples; the interval is a percentile bootstrap over samples, the sign "
-                  "test compares wins with losses (docs/reports.md).", "", paired_markdown(paired, versus)]
+                  f"Nothing to pair: no other pruner ran at a keep ratio of `{versus}` on the same samples (or the sample "
+                  "records have no sample index).", ""]
     if ratio_plots or latency_plots:
         lines += ["## Plots", ""]
         for a, b in zip(ratio_plots, latency_plots):

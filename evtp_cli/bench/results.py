@@ -82,6 +82,14 @@ def git_commit() -> str | None:
         return None
 
 
+def sample_accuracy(record: dict[str, Any]) -> float | None:
+    """A per-sample record's primary accuracy: IoU for images, J&F for videos (None when it has neither)."""
+    for key in ("iou", "JF"):
+        if record.get(key) is not None:
+            return float(record[key])
+    return None
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
