@@ -18,6 +18,7 @@ import pandas as pd
 
 from evtp_cli.bench import resume as rs
 from evtp_cli.bench.runner import open_dataset
+from evtp_cli.bench.results import sample_accuracy
 
 
 def by_kind(out: Path, success: bool = False) -> tuple[pd.DataFrame, pd.Series]:
@@ -36,7 +37,7 @@ def by_kind(out: Path, success: bool = False) -> tuple[pd.DataFrame, pd.Series]:
     rows = []
     for rec in rs.read_records(out):
         kind = kinds.get((rec.get("dataset"), rec.get("index")))
-        score = rec.get("JF", rec.get("iou"))
+        score = sample_accuracy(rec)
         if kind is None or rec.get("status") != "ok" or score is None:
             continue
         rows.append({"dataset": rec["dataset"], "pruner": rec["pruner"], "ratio": rec["ratio"], "kind": kind, "index": rec["index"],
