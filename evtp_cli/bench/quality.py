@@ -34,7 +34,7 @@ Scores = dict[tuple[str, float], float]
 
 def case_scores(model: Any, dataset_spec: str, log: Any | None = None) -> Scores:
     """(pruner, ratio) -> the case's metric, for every setting the bars read (one interleaved pass).
-    With `log` (a SampleLog), the per-sample records are written too, for the paired differences."""
+    With `log` (a SampleLog or a RecordLog), the per-sample records are written too, for the paired differences."""
     from evtp_cli.data import load_dataset
     from evtp_cli.pruners import get_pruner
 
@@ -60,7 +60,8 @@ def not_worse(records: list[dict[str, Any]], name: str, ratio: float) -> tuple[b
     """(whether EVTP at `ratio` is not worse than `name` beyond noise, the paired difference) from a case's records."""
     from evtp_cli.bench.paired import paired_rows
 
-    found = [r["paired"] for r in paired_rows(records, "evtp") if r["pruner"] == name and r["ratio"] == ratio]
+    pair = [r for r in records if r["pruner"] in ("evtp", name) and r["ratio"] == ratio]  # one bootstrap, not one per pruner
+    found = [r["paired"] for r in paired_rows(pair, "evtp")]
     if not found:
         raise ValueError(f"no paired samples of evtp and {name} at {ratio:g} in these records")
     d = found[0]
