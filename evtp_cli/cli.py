@@ -28,6 +28,18 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+
+def print_whole(table: Table) -> None:
+    """Print a table of numbers at its natural width when that is wider than the console (a pipe is 80
+    columns), so that no number is cut to "0.9…"."""
+    natural = console.measure(table, options=console.options.update(max_width=10_000)).maximum
+    width = console.width
+    console.width = max(width, natural)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
 EXIT_USER_ERROR = 2
 
 

@@ -44,3 +44,24 @@ def test_list_does_not_import_torch():
     code = "import sys; from evtp_cli.cli import main\ntry:\n    main(['list'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().endswith("False"), out.stdout + out.stderr
+
+
+def test_results_table_is_printed_whole_in_80_columns(capsys, monkeypatch):
+    """A pipe or log gets 80 columns; a long pruner spec must not cut a number or a header to "…"."""
+    from evtp_cli.bench.tables import results_table
+    from evtp_cli.cli import console, print_whole
+
+    rows = [
+        dict(model="tiny-ivs", dataset="synthetic-image", task="image", n_samples=200, pruner="none", ratio=1.0,
+             tokens_kept=256, tokens_total=256, giou=0.977, ms_total=40.3, speedup=1.0),
+        dict(model="sa2va-qwen:preset=tiny-random", dataset="synthetic-video:n=100,seed=5", task="video", n_samples=100,
+             n_failed=3, pruner="evtp:spatial_weight=0.25,mode=global", ratio=0.2, tokens_kept=58, tokens_total=288,
+             JF=0.9664, ms_total=1235.6, speedup=3.47),
+    ]
+    monkeypatch.setattr(console, "width", 80)
+    print_whole(results_table(rows, title="evtp at keep ratio 0.2"))
+    out = capsys.readouterr().out
+    assert "…" not in out
+    for text in ["speed-up", "3.47×", "1235.6", "0.966 J&F", "58/288", "100 (3 failed)", "0.20"]:
+        assert text in out, text
+    assert console.width == 80

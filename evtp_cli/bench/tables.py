@@ -31,12 +31,12 @@ def results_table(rows: Iterable[dict[str, Any]], title: str | None = None) -> T
     models = sorted({str(r.get("model")) for r in rows})
     if len(models) == 1:
         title = f"{title} · {models[0]}" if title else models[0]
-    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    header = [("dataset", "left"), ("n", "right"), ("pruner", "left"), ("ratio", "right"), ("tokens", "right"),
+              ("accuracy", "left"), ("ms", "right"), ("speed-up", "right")]
     if len(models) > 1:
-        table.add_column("model")
-    for col, justify in (("dataset", "left"), ("n", "right"), ("pruner", "left"), ("ratio", "right"), ("tokens", "right"),
-                         ("accuracy", "left"), ("ms", "right"), ("speed-up", "right")):
-        table.add_column(col, justify=justify, no_wrap=col in ("dataset", "pruner", "accuracy"))
+        header.insert(0, ("model", "left"))
+    body = []
     for r in rows:
         kept, total = r.get("tokens_kept"), r.get("tokens_total")
         tokens = "–" if kept is None else f"{kept:.0f}/{total:.0f}" if total is not None else f"{kept:.0f}"
@@ -49,5 +49,15 @@ def results_table(rows: Iterable[dict[str, Any]], title: str | None = None) -> T
                  fmt_cell(r.get("ms_total"), 1), "–" if speedup is None else f"{speedup:.2f}×"]
         if len(models) > 1:
             cells.insert(0, str(r.get("model")))
+        body.append(cells)
+    for i, (col, justify) in enumerate(header):
+        if col in ("model", "pruner"):
+            # long specs (evtp:spatial_weight=0.25,mode=global) fold onto more lines
+            table.add_column(col, justify=justify, overflow="fold", max_width=24)
+        else:
+            # numbers and headers are never cut to "…"
+            width = max([len(col)] + [len(cells[i]) for cells in body])
+            table.add_column(col, justify=justify, no_wrap=True, min_width=width)
+    for cells in body:
         table.add_row(*cells)
     return table

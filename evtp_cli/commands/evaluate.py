@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from evtp_cli.cli import app, console, err_console
+from evtp_cli.cli import app, console, err_console, print_whole
 from evtp_cli.commands import options as opt
 from evtp_cli.commands.progress import progress_bar
 from evtp_cli.errors import EvtpError
@@ -46,7 +46,7 @@ def _summarise(outcome, title: str) -> None:
     from evtp_cli.bench.tables import results_table
 
     rows, output = outcome.rows, outcome.output
-    console.print(results_table(rows, title=title))
+    print_whole(results_table(rows, title=title))
     for r in rows:
         if r.get("not_applicable"):
             console.print(f"[yellow]not applicable:[/yellow] {r['pruner']} on {r['model']}: {r['not_applicable']}")
@@ -60,7 +60,7 @@ def _summarise(outcome, title: str) -> None:
         reason = outcome.reasons.get(ids[0])
         if reason:
             console.print(f"  first reason ({ids[0]}): {reason}", highlight=False, soft_wrap=True)
-    console.print(f"results: {output / 'results.json'}, {output / 'results.csv'}, {output / 'samples.jsonl'}")
+    console.print(f"results: {output / 'results.json'}, {output / 'results.csv'}, {output / 'samples.jsonl'}", soft_wrap=True)
 
 
 def _finish(outcome, config) -> None:
@@ -109,7 +109,7 @@ def prune_eval(
         _summarise(outcome, f"{pruner} at keep ratio {ratio:g}")
         for row in outcome.rows:
             if row.get("predictions_zip"):
-                console.print(f"predictions for {row['pruner']} @ {row['ratio']:g}: {row['predictions_zip']}")
+                console.print(f"predictions for {row['pruner']} @ {row['ratio']:g}: {row['predictions_zip']}", soft_wrap=True)
     _finish(outcome, config)
 
 
@@ -160,8 +160,8 @@ def sweep_ratios(
         (output / "table.md").write_text(table_markdown(rows))
         plots = plot_accuracy_vs_ratio(rows, output) + plot_accuracy_vs_latency(rows, output)
         _summarise(outcome, "sweep")
-        console.print(f"table: {output / 'table.md'}; plots: {', '.join(str(p) for p in plots)}")
-        console.print(f"report: evtp report {output}")
+        console.print(f"table: {output / 'table.md'}; plots: {', '.join(str(p) for p in plots)}", soft_wrap=True)
+        console.print(f"report: evtp report {output}", soft_wrap=True)
     _finish(outcome, config)
 
 
@@ -190,7 +190,7 @@ def compare(
             fmt = lambda v: "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
             verdict = "[red]REGRESSION[/red]" if ch.regression else "ok"
             table.add_row(str(dataset), str(pruner), f"{ratio:g}", ch.column, fmt(ch.baseline), fmt(ch.current), f"{verdict} {ch.note}".strip())
-        console.print(table)
+        print_whole(table)
     if result.ok:
         console.print(f"[green]no regression[/green] in {result.compared} matched rows (max drop {max_drop}, max slowdown {max_slowdown}×)")
         return

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from evtp_cli.cli import app, console
+from evtp_cli.cli import app, console, print_whole
 from evtp_cli.commands import options as opt
 from evtp_cli.commands.progress import progress_bar
 from evtp_cli.errors import EvtpError
@@ -35,7 +35,7 @@ def report(
     from evtp_cli.bench.report import write_report
 
     path = write_report(_results_dir(results_dir), versus)
-    console.print(f"report: {path}")
+    console.print(f"report: {path}", soft_wrap=True)
 
 
 @app.command("visualize")
@@ -61,8 +61,8 @@ def visualize(
         table.add_column(col)
     for m in maps:
         table.add_row(m.pruner, str(int(m.keep.numel())), f"{m.radius:.4f}")
-    console.print(table)
-    console.print(f"token map: {path}")
+    print_whole(table)
+    console.print(f"token map: {path}", soft_wrap=True)
 
 
 @app.command("coverage")
@@ -91,9 +91,9 @@ def coverage(
     for _, r in result.summary.iterrows():
         table.add_row(str(r["dataset"]).split(":")[0].removeprefix("synthetic-"), str(r["pruner"]), f"{r['ratio']:g}", str(r["n"]), fmt_cell(r["radius_image"]),
                       fmt_cell(r["rho_image"], 2, signed=True), fmt_cell(r["radius_feature"]), fmt_cell(r["rho_feature"], 2, signed=True), fmt_cell(r["accuracy"]))
-    console.print(table)
+    print_whole(table)
     for name, why in result.skipped.items():
         console.print(f"[yellow]skipped[/yellow] {name}: {why}")
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
-    console.print("wrote: " + ", ".join(str(f) for f in files))
+    console.print("wrote: " + ", ".join(str(f) for f in files), soft_wrap=True)
