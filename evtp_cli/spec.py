@@ -150,14 +150,20 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 C = TypeVar("C")
 
 
-def build_config(config_cls: type[C], options: dict[str, Any], owner: str) -> C:
-    """Build a config dataclass from option values; unknown keys list the known ones."""
+def build_config(config_cls: type[C], options: dict[str, Any], owner: str, name: str = "NAME") -> C:
+    """Build a config dataclass from option values; unknown keys list the known ones, missing required
+    keys are named with an example spec (`name:key=...`)."""
     fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}  # type: ignore[arg-type]
     hints = typing.get_type_hints(config_cls)
     unknown = sorted(set(options) - set(fields))
     if unknown:
         known = ", ".join(fields) or "(none)"
         raise SpecError(f"unknown option {unknown[0]!r} for {owner}; known options: {known}")
+    missing = [name for name, f in fields.items() if name not in options
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        example = ",".join(f"{key}=..." for key in missing)
+        raise SpecError(f"{owner} needs option{'s' if len(missing) > 1 else ''} {', '.join(missing)}, e.g. {name}:{example}")
     kwargs = {
         key: _coerce(value, hints[key], f"{owner} option {key!r}") for key, value in options.items()
     }
@@ -259,14 +265,14 @@ class Registry(Generic[T]):
         parsed = parse_spec(spec) if isinstance(spec, str) else spec
         target = self.load(parsed.name)
         options: dict[str, Any] = {**parsed.options, **overrides}
-        config = build_config(target.Config, options, f"{self.kind} {parsed.name!r}")
+        config = build_config(target.Config, options, f"{self.kind} {parsed.name!r}", parsed.name)
         return target(config)
 
     def config_of(self, spec: str | Spec, **overrides: Any) -> Any:
         """Parse and validate a spec into its config without building the object."""
         parsed = parse_spec(spec) if isinstance(spec, str) else spec
         target = self.load(parsed.name)
-        return build_config(target.Config, {**parsed.options, **overrides}, f"{self.kind} {parsed.name!r}")
+        return build_config(target.Config, {**parsed.options, **overrides}, f"{self.kind} {parsed.name!r}", parsed.name)
 
     def __contains__(self, name: str) -> bool:
         self._load_entry_points()

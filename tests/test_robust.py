@@ -45,6 +45,11 @@ def metric_columns(rows):
         (["prune-eval", "-d", "synthetic-image:"], r"malformed spec"),
         (["prune-eval", "-d", "mevis:root=/nonexistent/mevis"], r"/nonexistent/mevis does not exist.*expected layout: ROOT/.*JPEGImages"),
         (["prune-eval", "-m", "tiny-ivs:weights=/nonexistent/w.safetensors"], r"weights not found at '/nonexistent/w.safetensors'"),
+        (["prune-eval", "-d", "mevis"], r"dataset 'mevis' needs option root, e.g. mevis:root="),
+        (["prune-eval", "--device", "bogus"], r"device='bogus' is not a torch device; use cpu"),
+        (["prune-eval", "--device", "cuda:99"], r"device=cuda:99"),
+        (["prune-eval", "-m", "tiny-ivs:device=meta"], r"device='meta' is not supported"),
+        (["visualize", "-p", "uniform", "--device", "bogus"], r"device='bogus' is not a torch device"),
         (["prune-eval", "--max-failures", "-1"], r"--max-failures must be >= 0"),
         (["prune-eval", "--resume", "--overwrite"], r"exclude each other"),
         (["report", "/nonexistent/run"], r"results folder not found"),
@@ -56,6 +61,7 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, args, expected):
     assert code == 2, err
     assert len(lines(err)) == 1, err
     assert "Traceback" not in err and re.search(expected, err), err
+    assert not (tmp_path / "out").exists(), "bad input is caught before the output folder is made"
 
 
 def test_unwritable_output_folder(capsys, tmp_path):
@@ -63,6 +69,13 @@ def test_unwritable_output_folder(capsys, tmp_path):
     blocker.write_text("not a folder")
     code, _, err = cli(capsys, "prune-eval", "-n", "1", "-o", str(blocker / "out"))
     assert code == 2 and len(lines(err)) == 1 and "cannot write to output folder" in err and str(blocker) in err
+
+
+def test_make_synthetic_onto_a_file(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = cli(capsys, "make-synthetic", "--format", "mevis", "--out", str(blocker), "-n", "1")
+    assert code == 2 and len(lines(err)) == 1 and "choose another --out" in err and str(blocker) in err
 
 
 def test_debug_shows_the_traceback(capsys, tmp_path):

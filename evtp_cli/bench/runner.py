@@ -78,6 +78,7 @@ def validate(config: RunConfig) -> None:
     """Parse every spec into its config (unknown names/keys raise SpecError with the known ones)."""
     from evtp_cli.data import DATASETS
     from evtp_cli.models import MODELS
+    from evtp_cli.models.base import check_device
     from evtp_cli.pruners import PRUNERS
 
     if not config.models or not config.datasets:
@@ -90,7 +91,9 @@ def validate(config: RunConfig) -> None:
         except ValueError as exc:
             raise EvtpError(f"--frames: {exc}") from None
     for spec in config.models:
-        MODELS.config_of(spec, **_model_overrides(spec, config.device, config.frames))
+        model_config = MODELS.config_of(spec, **_model_overrides(spec, config.device, config.frames))
+        if hasattr(model_config, "device"):
+            check_device(model_config.device)  # before the output folder is touched
     for spec in config.datasets:
         DATASETS.config_of(spec)
     for spec in config.pruners:

@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from evtp_cli.cli import app, console
-from evtp_cli.commands.options import Seed
 
 
 @app.command("make-synthetic")
@@ -19,7 +18,7 @@ def make_synthetic(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the dataset into (created if missing)."),
     n: int = typer.Option(20, "--n", "-n", help="Number of samples (images or videos, one expression each)."),
-    seed: int = Seed,
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic scenes (the same seed gives the same samples)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to write (default: the format's evaluation split)."),
     size: Optional[int] = typer.Option(None, "--size", help="Frame size in pixels (multiple of 4)."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Frames per video (video formats)."),

@@ -282,7 +282,10 @@ def export_synthetic(
         raise SpecError(f"make-synthetic: {exc}") from None
     scenes = [generate_scene(source.rng(i), source.scene_config()) for i in range(n)]
     root = Path(out).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(f"cannot write to {str(root)!r} ({exc.strerror}); choose another --out") from None
     spec.write(_Writer(root, split, scenes, spec.video))
     source_spec = ",".join(f"{k}={v}" for k, v in options.items() if k != "cache")
     return ExportResult(root, spec.dataset, split, n, f"{source.name}:{source_spec},jpeg=true")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from evtp_cli.data.base import Sample
+from evtp_cli.errors import EvtpError
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.pruners.base import PruneContext
 
@@ -83,6 +84,25 @@ class Prediction:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+def check_device(device: str) -> None:
+    """One clear error for a device this machine cannot run on: a typo, CUDA or MPS without one, or a GPU
+    index past the last GPU (torch would fail later, deep inside the first sample)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise EvtpError(f"device={device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EvtpError(f"device={device} asked for, but torch sees no CUDA device; use device=cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise EvtpError(f"device={device}: torch sees {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise EvtpError(f"device={device} asked for, but torch sees no MPS device; use device=cpu")
+    elif parsed.type != "cpu":
+        raise EvtpError(f"device={device!r} is not supported; use cpu, cuda, cuda:N or mps")
+
+
 class IVSModel(abc.ABC):
     """Base class of IVS backends. Subclasses define `Config` (a dataclass) and the three methods."""
 
@@ -94,6 +114,8 @@ class IVSModel(abc.ABC):
 
     def __init__(self, config: Any):
         self.config = config
+        if hasattr(config, "device"):
+            check_device(config.device)
 
     @property
     def device(self) -> torch.device:

@@ -281,8 +281,6 @@ class Sa2VABackend(IVSModel):
         check_attention(config.attn)
         if config.decode == "static":
             check_static(config.attn, config.pipeline)
-        if str(config.device).startswith("cuda") and not torch.cuda.is_available():
-            raise EvtpError(f"device={config.device} asked for, but torch sees no CUDA device; use device=cpu")
         if config.path:
             self.net, self.tokenizer = self._load_checkpoint(Path(config.path).expanduser())
             self.source = str(Path(config.path).expanduser())

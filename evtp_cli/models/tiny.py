@@ -74,6 +74,8 @@ class TinyIVS(IVSModel):
             key_frame_indices(8, self.frames)  # validates the policy
             if self.max_side < 16:
                 raise ValueError(f"max_side must be >= 16, got {self.max_side}")
+            if self.weights and not Path(self.weights).is_file():  # checked before a run writes anything
+                raise ValueError(f"weights not found at {self.weights!r}; pass weights=PATH to a .safetensors file")
 
     def __init__(self, config: "TinyIVS.Config"):
         super().__init__(config)
