@@ -590,3 +590,30 @@ def test_exported_folder_evaluates_like_its_synthetic_source(tmp_path, capsys, f
     pick = lambda rs: [(r["pruner"], r["ratio"], r["n_samples"], *(r.get(c) for c in METRIC_COLUMNS)) for r in rs]  # noqa: E731
     assert pick(rows["reader"]) == pick(rows["source"])
     assert all(r["n_samples"] == 4 and r["n_failed"] == 0 for r in rows["reader"])
+
+
+def test_split_without_ground_truth_needs_predict_only(tmp_path, capsys):
+    """MeViS `valid` has no public masks: a scoring run is refused before anything is written; --predict-only
+    writes one challenge zip per setting (video/expression/frame.png) and latency rows without accuracy."""
+    from evtp_cli.bench.results import read_results
+    from evtp_cli.cli import main
+
+    result = export_synthetic("mevis", tmp_path / "mevis", n=2, seed=1, split="valid", frames=3, size=32)
+    args = ["prune-eval", "-d", result.spec, "-p", "uniform", "-r", "0.2", "-o", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "has no public ground truth" in err and "--predict-only" in err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--predict-only"])
+    assert done.value.code == 0, capsys.readouterr().err
+    rows = read_results(tmp_path / "run")["rows"]
+    assert [(r["pruner"], r["ratio"]) for r in rows] == [("none", 1.0), ("uniform", 0.2)]
+    for row in rows:
+        assert row["JF"] is None and row["ms_total"] > 0 and row["n_samples"] == 2
+        with zipfile.ZipFile(row["predictions_zip"]) as archive:
+            names = sorted(archive.namelist())
+            assert len(names) == 2 * 3 and all(n.endswith(".png") and n.count("/") == 2 for n in names)
+            png = np.asarray(Image.open(io.BytesIO(archive.read(names[0]))))
+            assert png.dtype == np.uint8 and set(np.unique(png)) <= {0, 255}

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -114,7 +115,17 @@ def test_coverage(sweep, capsys):
     assert list(sweep.glob("coverage_*.png"))[0].read_bytes()[:8] == PNG
     assert "ρ" in out
     code, _, _ = cli(capsys, "report", str(sweep))
-    assert code == 0 and "## Coverage and accuracy" in (sweep / "report.md").read_text()
+    text = (sweep / "report.md").read_text()
+    assert code == 0 and "## Coverage and accuracy" in text and "**Stale:**" not in text
+    # a resumed run rewrote its results after the analysis: the report says the coverage is stale
+    results, coverage_md = sweep / "results.json", sweep / "coverage.md"
+    before = results.stat()
+    os.utime(results, (before.st_atime, coverage_md.stat().st_mtime + 10))
+    try:
+        assert cli(capsys, "report", str(sweep))[0] == 0
+        assert f"**Stale:** computed before the run's results last changed (a resumed run); rerun `evtp coverage {sweep}`" in (sweep / "report.md").read_text()
+    finally:
+        os.utime(results, (before.st_atime, before.st_mtime))
 
 
 def test_coverage_radius_matches_an_independent_computation(sweep):
@@ -163,7 +174,7 @@ def test_compare_gate_on_a_sweep(sweep, tmp_path, capsys):
     assert code == 1 and "REGRESSION" in out
 
 
-def test_coverage_skips_in_model_pruners_without_encoding(tmp_path, monkeypatch):
+def test_coverage_skips_in_model_pruners_without_encoding(tmp_path, monkeypatch, capsys):
     """A run of in-LLM pruners only has no kept set chosen from the LLM input: nothing is encoded again."""
     from evtp_cli.bench.coverage import analyse
     from evtp_cli.models.tiny import TinyIVS
@@ -176,3 +187,5 @@ def test_coverage_skips_in_model_pruners_without_encoding(tmp_path, monkeypatch)
     monkeypatch.setattr(TinyIVS, "encode", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     result = analyse(tmp_path)
     assert calls == [] and len(result.samples) == 0 and "fastv" in result.skipped
+    code, _, err = cli(capsys, "coverage", str(tmp_path))
+    assert code == 2 and "fastv acts inside the model" in err and "selects before the LLM" in err

@@ -190,8 +190,12 @@ def test_resume_reuses_everything_and_refuses_another_configuration(capsys, tmp_
     assert seen["n"] == 0 and metric_columns(rows_of(out)) == metric_columns(first)
     code, _, err = cli(capsys, *args[:-2], "-r", "0.5", "-o", str(out), "--resume")
     assert code == 2 and len(lines(err)) == 1 and "different configuration (ratios 0.2 → 0.5)" in err
+    derived = ["table.md", "report.md", "coverage.csv", "coverage_summary.csv", "coverage.md", "coverage_x_tiny-ivs.png"]
+    for name in [*derived, "notes.txt"]:
+        (out / name).write_text("from the earlier run")
     code, _, err = cli(capsys, *args[:-2], "-r", "0.5", "-o", str(out), "--overwrite")
     assert code == 0 and seen["n"] == 3 * 2
+    assert not any((out / name).exists() for name in derived) and (out / "notes.txt").is_file()  # only evtp's own files go
     assert [r["ratio"] for r in rows_of(out)] == [1.0, 0.5]
     assert {r["ratio"] for r in load_done(out).values()} == {1.0, 0.5}
 

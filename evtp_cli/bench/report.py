@@ -231,7 +231,11 @@ def write_report(results_dir: str | Path, versus: str | None = None) -> Path:
             lines += [f"![plot]({p.name})", ""]
     coverage_md = out / "coverage.md"
     if coverage_md.is_file():
-        lines += ["## Coverage and accuracy", "", coverage_md.read_text().strip(), ""]
+        lines += ["## Coverage and accuracy", ""]
+        results_json = out / "results.json"
+        if results_json.is_file() and coverage_md.stat().st_mtime < results_json.stat().st_mtime:
+            lines += [f"**Stale:** computed before the run's results last changed (a resumed run); rerun `evtp coverage {out}`.", ""]
+        lines += [coverage_md.read_text().strip(), ""]
         lines += [f"![coverage]({p.name})" for p in sorted(out.glob("coverage_*.png"))] + [""]
     failed = {k: v for k, v in (meta.get("failed_samples") or {}).items() if v}
     if failed:

@@ -23,7 +23,9 @@ RUN_JSON = "run.json"
 RANK_PATTERN = "samples.rank*.jsonl"
 IDENTITY_KEYS = ("models", "datasets", "pruners", "ratios", "limit", "seed", "frames", "predict_only")
 # what --overwrite removes besides the files above: outputs the evaluation commands and `evtp report` write
-DERIVED = ("table.md", "report.md", "accuracy_vs_ratio_*.png", "accuracy_vs_latency_*.png")
+# files other commands derive from a run (sweep table, report, coverage), deleted with it by --overwrite
+DERIVED = ("table.md", "report.md", "accuracy_vs_ratio_*.png", "accuracy_vs_latency_*.png",
+           "coverage.csv", "coverage_summary.csv", "coverage.md", "coverage_*.png")
 
 
 def rank_file(rank: int) -> str:

@@ -184,6 +184,11 @@ def execute(
     if config.resume and config.predict_only:
         raise EvtpError("--predict-only runs cannot be resumed (the zips need every mask); run again with --overwrite")
     datasets = [(spec, open_dataset(spec)) for spec in config.datasets]
+    if not config.predict_only:
+        for spec, dataset in datasets:
+            if not getattr(dataset, "has_ground_truth", True):
+                raise EvtpError(f"dataset {spec!r} has no public ground truth, so nothing can be scored; add --predict-only "
+                                "to write the challenge's submission zip, or choose a split with ground truth")
     out = prepare_output(config.output)
     identity = rs.run_identity(config)
     shard.start()

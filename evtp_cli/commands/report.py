@@ -81,7 +81,9 @@ def coverage(
     with progress_bar() as (start, advance):
         result = analyse(folder, device=device, progress=start, advance=advance)
     if len(result.samples) == 0:
-        raise EvtpError(f"no sample of {folder} could be analysed (no pruned setting with a scored sample)")
+        why = "; ".join(f"{name} {reason}" for name, reason in result.skipped.items())
+        raise EvtpError(f"no sample of {folder} could be analysed: "
+                        + (why if why else "no pruned setting has a scored sample") + " (coverage needs a pruner that selects before the LLM)")
     files = write_coverage(result, folder)
     table = Table(title="covering radius vs accuracy (Spearman ρ; < 0: better covered, better segmented)", header_style="bold")
     for col in ("dataset", "pruner", "ratio", "n", "r img", "ρ img", "r feat", "ρ feat", "acc"):
