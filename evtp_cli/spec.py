@@ -104,7 +104,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         for choice in choices:
             if str(choice) == as_str:
                 return choice
-        raise SpecError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+        named = [str(c) for c in choices if str(c)]  # "" (unset) is a valid default, not a choice to offer
+        raise SpecError(f"{where}: {value!r} is not one of {', '.join(named)}")
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(hint) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):

@@ -83,6 +83,8 @@ def validate(config: RunConfig) -> None:
 
     if not config.models or not config.datasets:
         raise EvtpError("give at least one model and one dataset")
+    if not config.pruners or not config.ratios:
+        raise EvtpError("give at least one pruner and one keep ratio (the unpruned reference runs with them)")
     if config.frames is not None:
         from evtp_cli.data.frames import key_frame_indices
 
@@ -94,11 +96,20 @@ def validate(config: RunConfig) -> None:
         model_config = MODELS.config_of(spec, **_model_overrides(spec, config.device, config.frames))
         if hasattr(model_config, "device"):
             check_device(model_config.device)  # before the output folder is touched
+        cannot_prune = getattr(MODELS.load(parse_spec(spec).name), "cannot_prune", None)  # plug-ins may lack it
+        why = cannot_prune(model_config) if cannot_prune else None
+        if why:
+            raise EvtpError(f"model {spec!r}: {why}")
     for spec in config.datasets:
         DATASETS.config_of(spec)
     for spec in config.pruners:
         PRUNERS.config_of(spec)
-    parse_ratios(config.ratios)
+    for kind, values in (("model", [canonical(m) for m in config.models]), ("dataset", [canonical(d) for d in config.datasets]),
+                         ("pruner", [canonical(p) for p in config.pruners]), ("keep ratio", parse_ratios(config.ratios))):
+        repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if repeated is not None:
+            raise EvtpError(f"{kind} {repeated:g} is given twice; give each once" if kind == "keep ratio"
+                            else f"{kind} {repeated!r} is given twice; give each once")
     if config.limit is not None and config.limit < 1:
         raise EvtpError(f"--limit must be >= 1, got {config.limit}")
     if config.warmup < 0:

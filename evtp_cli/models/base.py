@@ -129,6 +129,12 @@ class IVSModel(abc.ABC):
     def decode(self, sample: Sample, tokens: VisualTokens, plan: PrunePlan, timer: StageTimer) -> Prediction:
         """LLM on the kept tokens + mask decoder on all frames (timed as "prefill", "decode", "mask")."""
 
+    @classmethod
+    def cannot_prune(cls, config: Any) -> str | None:
+        """Why a model of this configuration cannot run pruned settings, if it cannot; asked before a run
+        loads anything."""
+        return None
+
     def info(self) -> dict[str, Any]:
         """A short description of the loaded model for results.json's meta."""
         return {"name": self.name}

@@ -527,6 +527,12 @@ class Sa2VABackend(IVSModel):
         context = PruneContext(frame_ids=frame_ids, text_embeds=text_embeds, extras=extras, providers=providers)
         return VisualTokens(features.float(), coords, frame_ids, context, state)
 
+    @classmethod
+    def cannot_prune(cls, config: Sa2VAOptions) -> str | None:
+        if config.pipeline == "generate":
+            return "pipeline=generate is the unpruned reference; use pipeline=hooked to prune"
+        return None
+
     @torch.inference_mode()
     def decode(self, sample: Sample, tokens: VisualTokens, plan: PrunePlan, timer: StageTimer) -> Prediction:
         """Prefill, greedy decoding and masks; a vision plan is resolved first (timed as "select"), an llm
@@ -539,7 +545,7 @@ class Sa2VABackend(IVSModel):
         counts = None
         if self.config.pipeline == "generate":
             if plan.keep is not None or plan.inner is not None:
-                raise EvtpError(f"{self.name}: pipeline=generate is the unpruned reference; use pipeline=hooked to prune")
+                raise EvtpError(f"{self.name}: {self.cannot_prune(self.config)}")
             with timer.stage("decode"):
                 gen = self.generate_reference(state)
             prefill_length = int(state.input_ids.shape[1])
