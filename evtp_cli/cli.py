@@ -123,5 +123,8 @@ from evtp_cli.commands import data as _data_commands  # noqa: E402,F401
 from evtp_cli.commands import evaluate as _evaluate_commands  # noqa: E402,F401
 from evtp_cli.commands import report as _report_commands  # noqa: E402,F401
 
+for _command in app.registered_commands:  # --debug is handled by main(), so no command lists it as an option
+    _command.epilog = _command.epilog or "Add --debug anywhere to see a traceback instead of a one-line error."
+
 if __name__ == "__main__":  # pragma: no cover
     main()

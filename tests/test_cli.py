@@ -65,3 +65,8 @@ def test_results_table_is_printed_whole_in_80_columns(capsys, monkeypatch):
     for text in ["speed-up", "3.47×", "1235.6", "0.966 J&F", "58/288", "100 (3 failed)", "0.20"]:
         assert text in out, text
     assert console.width == 80
+    # two specs of one dataset are told apart; a single spec shows its bare name
+    assert "synthetic-video:n=100,seed=5" not in out and "synthetic-video" in out
+    twin = dict(rows[1], dataset="synthetic-video:n=100,seed=6", model="tiny-ivs")
+    table = results_table([dict(rows[1], model="tiny-ivs"), twin])
+    assert list(table.columns[0].cells) == ["synthetic-video:n=100,seed=5", "synthetic-video:n=100,seed=6"]

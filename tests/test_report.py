@@ -49,6 +49,19 @@ def test_sweep_writes_both_plots(sweep):
         assert len(plots) == 1 and plots[0].read_bytes()[:8] == PNG
 
 
+def test_table_md_holds_the_rows(sweep):
+    """table.md: per model × dataset, pruners by keep ratio (ascending), 'accuracy (speed-up)' from the rows."""
+    text = (sweep / "table.md").read_text()
+    rows = read_results(sweep)["rows"]
+    ref = next(r for r in rows if r["pruner"] == "none")
+    assert f"### synthetic-image:n=6,size=32 · tiny-ivs — no pruning: gIoU {ref['giou']:.3f}, {ref['ms_total']:.1f} ms/sample" in text
+    assert "| pruner | 0.1 | 0.5 |" in text
+    for pruner in ("uniform", "random"):
+        cells = [next(r for r in rows if r["pruner"] == pruner and r["ratio"] == ratio) for ratio in (0.1, 0.5)]
+        line = f"| {pruner} | " + " | ".join(f"{r['giou']:.3f} ({r['speedup']:.2f}×)" for r in cells) + " |"
+        assert line in text.splitlines(), (line, text)
+
+
 def test_report_md(sweep, capsys):
     code, out, _ = cli(capsys, "report", str(sweep))
     assert code == 0
@@ -75,19 +88,22 @@ def test_report_versus_gives_the_rows_differences(sweep, capsys):
         assert line.split(" | ")[3] == f"{delta:+.3f}".replace("-0.000", "+0.000")
 
 
-def test_report_versus_a_pruner_with_nothing_to_pair_says_so(sweep, capsys):
-    code, _, err = cli(capsys, "report", str(sweep), "--versus", "none")  # the reference runs at 1.0 only
+def test_report_versus_a_pruner_with_nothing_to_pair_says_so(sweep, tmp_path, capsys):
+    code, _, err = cli(capsys, "prune-eval", "-d", "synthetic-image:n=2,size=32", "-p", "uniform", "-o", str(tmp_path))
     assert code == 0, err
-    assert "Nothing to pair: no other pruner ran at a keep ratio of `none`" in (sweep / "report.md").read_text()
+    code, _, err = cli(capsys, "report", str(tmp_path), "--versus", "uniform")  # the only pruner of the run
+    assert code == 0, err
+    assert "Nothing to pair: no other pruner ran at the keep ratios of `uniform` on the same samples" in (tmp_path / "report.md").read_text()
     code, _, err = cli(capsys, "report", str(sweep))  # no --versus and no evtp in the run: no section
     assert code == 0, err
     assert "## Paired differences" not in (sweep / "report.md").read_text()
 
 
-def test_report_versus_an_unknown_pruner_is_one_clear_line(sweep, capsys):
-    code, _, err = cli(capsys, "report", str(sweep), "--versus", "evtp")
+@pytest.mark.parametrize("versus", ["evtp", "none"])  # none: the reference runs at 1.0 only, nothing pairs with it
+def test_report_versus_an_unknown_pruner_is_one_clear_line(sweep, capsys, versus):
+    code, _, err = cli(capsys, "report", str(sweep), "--versus", versus)
     assert code == 2
-    assert "not a pruner of this run" in err and "random" in err and "uniform" in err and "Traceback" not in err
+    assert "not a pruner of this run; choose one of: random, uniform" in err and "Traceback" not in err
 
 
 def test_coverage(sweep, capsys):

@@ -34,7 +34,7 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
         task = group["task"].iloc[0]
         metric = PRIMARY_METRIC.get(task, "giou")
         ref = group[group["pruner"] == REFERENCE]
-        ratios = sorted(group.loc[group["pruner"] != REFERENCE, "ratio"].unique(), reverse=True)
+        ratios = sorted(group.loc[group["pruner"] != REFERENCE, "ratio"].unique())
         ref_line = ""
         if not ref.empty:
             ref_row = ref.iloc[0]
@@ -189,7 +189,7 @@ def write_report(results_dir: str | Path, versus: str | None = None) -> Path:
     if out.is_file():
         out = out.parent
     rows, meta = data["rows"], data.get("meta", {})
-    pruners = sorted({r["pruner"] for r in rows})
+    pruners = sorted({r["pruner"] for r in rows} - {REFERENCE})  # the reference runs at 1.0 only: nothing pairs with it
     if versus is not None and versus not in pruners:
         raise EvtpError(f"--versus {versus!r} is not a pruner of this run; choose one of: {', '.join(pruners)}")
     versus = versus or ("evtp" if "evtp" in pruners else None)
@@ -221,7 +221,7 @@ def write_report(results_dir: str | Path, versus: str | None = None) -> Path:
         lines += [f"## Paired differences: {versus} against each pruner", "", explain, "", paired_markdown(paired, versus)]
     elif versus:
         lines += [f"## Paired differences: {versus} against each pruner", "",
-                  f"Nothing to pair: no other pruner ran at a keep ratio of `{versus}` on the same samples (or the sample "
+                  f"Nothing to pair: no other pruner ran at the keep ratios of `{versus}` on the same samples (or the sample "
                   "records have no sample index).", ""]
     if ratio_plots or latency_plots:
         lines += ["## Plots", ""]

@@ -26,6 +26,10 @@ def _accuracy(row: dict[str, Any]) -> tuple[str, str]:
     return f"{fmt_cell(row.get('giou'))} gIoU", f"{fmt_cell(row.get('ciou'), 2)} cIoU"
 
 
+def _bare_name(spec: str) -> str:
+    return parse_spec(spec).name if ":" in spec else spec
+
+
 def results_table(rows: Iterable[dict[str, Any]], title: str | None = None) -> Table:
     rows = list(rows)
     models = sorted({str(r.get("model")) for r in rows})
@@ -36,12 +40,16 @@ def results_table(rows: Iterable[dict[str, Any]], title: str | None = None) -> T
               ("accuracy", "left"), ("ms", "right"), ("speed-up", "right")]
     if len(models) > 1:
         header.insert(0, ("model", "left"))
+    # the bare name is enough unless two different specs share it (synthetic-image with two seeds)
+    specs_by_name: dict[str, set[str]] = {}
+    for r in rows:
+        specs_by_name.setdefault(_bare_name(str(r.get("dataset"))), set()).add(str(r.get("dataset")))
     body = []
     for r in rows:
         kept, total = r.get("tokens_kept"), r.get("tokens_total")
         tokens = "–" if kept is None else f"{kept:.0f}/{total:.0f}" if total is not None else f"{kept:.0f}"
         dataset = str(r.get("dataset"))
-        name = parse_spec(dataset).name if ":" in dataset else dataset
+        name = _bare_name(dataset) if len(specs_by_name[_bare_name(dataset)]) == 1 else dataset
         n = str(r.get("n_samples")) + (f" ({r['n_failed']} failed)" if r.get("n_failed") else "")
         primary, _ = _accuracy(r)
         speedup = r.get("speedup")
@@ -51,7 +59,7 @@ def results_table(rows: Iterable[dict[str, Any]], title: str | None = None) -> T
             cells.insert(0, str(r.get("model")))
         body.append(cells)
     for i, (col, justify) in enumerate(header):
-        if col in ("model", "pruner"):
+        if col in ("model", "pruner", "dataset"):
             # long specs (evtp:spatial_weight=0.25,mode=global) fold onto more lines
             table.add_column(col, justify=justify, overflow="fold", max_width=24)
         else:

@@ -14,10 +14,6 @@ from evtp_cli.commands import options as opt
 from evtp_cli.commands.progress import progress_bar
 from evtp_cli.errors import EvtpError
 
-DEFAULT_DATASET = "synthetic-image"
-DEFAULT_SWEEP_PRUNERS = ["evtp", "kcenter", "divprune", "random", "uniform"]
-DEFAULT_SWEEP_RATIOS = ["0.1", "0.2", "0.3", "0.5"]
-
 
 def _default_output(command: str) -> Path:
     from evtp_cli.bench.distributed import Shard
@@ -98,7 +94,7 @@ def prune_eval(
     from evtp_cli.spec import split_list_option
 
     parse_ratios([ratio])
-    datasets = split_list_option(dataset or [DEFAULT_DATASET])
+    datasets = split_list_option(dataset or [opt.DEFAULT_DATASET])
     output = output or _default_output("prune-eval")
     config = RunConfig(
         models=[model], datasets=datasets, pruners=[pruner], ratios=[ratio], output=output, limit=limit, seed=seed, device=device,
@@ -141,9 +137,9 @@ def sweep_ratios(
     output = output or _default_output("sweep-ratios")
     config = RunConfig(
         models=split_list_option(models or ["tiny-ivs"]),
-        datasets=split_list_option(datasets or [DEFAULT_DATASET, "synthetic-video"]),
-        pruners=split_list_option(pruners or DEFAULT_SWEEP_PRUNERS),
-        ratios=split_list_option(ratios or DEFAULT_SWEEP_RATIOS),
+        datasets=split_list_option(datasets or opt.DEFAULT_SWEEP_DATASETS),
+        pruners=split_list_option(pruners or opt.DEFAULT_SWEEP_PRUNERS),
+        ratios=split_list_option(ratios or opt.DEFAULT_SWEEP_RATIOS),
         output=output,
         limit=limit,
         seed=seed,
