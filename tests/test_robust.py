@@ -51,7 +51,7 @@ def metric_columns(rows):
         (["prune-eval", "-d", "mevis"], r"dataset 'mevis' needs option root, e.g. mevis:root="),
         (["prune-eval", "--device", "bogus"], r"device='bogus' is not a torch device; use cpu"),
         (["prune-eval", "--device", "cuda:99"], r"device=cuda:99"),
-        (["prune-eval", "-m", "tiny-ivs:device=meta"], r"device='meta' is not supported"),
+        (["prune-eval", "-m", "tiny-ivs:device=xla"], r"device='xla' is not supported"),
         (["visualize", "-p", "uniform", "--device", "bogus"], r"device='bogus' is not a torch device"),
         (["prune-eval", "-m", "sa2va-qwen:preset=tiny-random,pipeline=generate"], r"pipeline=generate is the unpruned reference"),
         (["prune-eval", "-m", "sa2va-qwen:preset=bogus"], r"'bogus' is not one of tiny-random, 3b-random"),

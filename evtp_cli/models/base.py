@@ -99,7 +99,7 @@ def check_device(device: str) -> None:
     elif parsed.type == "mps":
         if not torch.backends.mps.is_available():
             raise EvtpError(f"device={device} asked for, but torch sees no MPS device; use device=cpu")
-    elif parsed.type != "cpu":
+    elif parsed.type not in ("cpu", "meta"):  # meta: shapes without memory (parameter counts of the large presets)
         raise EvtpError(f"device={device!r} is not supported; use cpu, cuda, cuda:N or mps")
 
 
