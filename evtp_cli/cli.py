@@ -30,15 +30,14 @@ err_console = Console(stderr=True)
 
 
 def print_whole(table: Table) -> None:
-    """Print a table of numbers at its natural width when that is wider than the console (a pipe is 80
-    columns), so that no number is cut to "0.9…"."""
+    """Print a table of numbers whole into a pipe or log (80 columns), so that no number is cut to "0.9…";
+    a terminal gets rich's own fitting to its width."""
     natural = console.measure(table, options=console.options.update(max_width=10_000)).maximum
-    width = console.width
-    console.width = max(width, natural)
-    try:
+    if console.is_terminal or natural <= console.width:
         console.print(table)
-    finally:
-        console.width = width
+    else:
+        Console(file=console.file, width=natural, no_color=console.no_color).print(table)
+
 
 EXIT_USER_ERROR = 2
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from rich.text import Text
 
 from evtp_cli.cli import main
 
@@ -65,6 +66,16 @@ def test_results_table_is_printed_whole_in_80_columns(capsys, monkeypatch):
     for text in ["speed-up", "3.47×", "1235.6", "0.966 J&F", "58/288", "100 (3 failed)", "0.20"]:
         assert text in out, text
     assert console.width == 80
+    # a terminal keeps rich's fitting to its width (the user can widen the window)
+    import io
+
+    from rich.console import Console
+
+    screen = io.StringIO()
+    monkeypatch.setattr("evtp_cli.cli.console", Console(file=screen, force_terminal=True, width=60))
+    print_whole(results_table(rows, title="evtp at keep ratio 0.2"))
+    assert max(len(line) for line in Text.from_ansi(screen.getvalue()).plain.splitlines()) <= 60
+    monkeypatch.undo()
     # two specs of one dataset are told apart; a single spec shows its bare name
     assert "synthetic-video:n=100,seed=5" not in out and "synthetic-video" in out
     twin = dict(rows[1], dataset="synthetic-video:n=100,seed=6", model="tiny-ivs")

@@ -51,7 +51,7 @@ def metric_columns(rows):
         (["prune-eval", "-d", "mevis"], r"dataset 'mevis' needs option root, e.g. mevis:root="),
         (["prune-eval", "--device", "bogus"], r"device='bogus' is not a torch device; use cpu"),
         (["prune-eval", "--device", "cuda:99"], r"device=cuda:99"),
-        (["prune-eval", "-m", "tiny-ivs:device=xla"], r"device='xla' is not supported"),
+        (["prune-eval", "--device", "meta"], r"device=meta holds no data"),
         (["visualize", "-p", "uniform", "--device", "bogus"], r"device='bogus' is not a torch device"),
         (["prune-eval", "-m", "sa2va-qwen:preset=tiny-random,pipeline=generate"], r"pipeline=generate is the unpruned reference"),
         (["prune-eval", "-m", "sa2va-qwen:preset=bogus"], r"'bogus' is not one of tiny-random, 3b-random"),
@@ -74,6 +74,30 @@ def test_unwritable_output_folder(capsys, tmp_path):
     blocker.write_text("not a folder")
     code, _, err = cli(capsys, "prune-eval", "-n", "1", "-o", str(blocker / "out"))
     assert code == 2 and len(lines(err)) == 1 and "cannot write to output folder" in err and str(blocker) in err
+
+
+def test_device_check_by_hand(monkeypatch):
+    """check_device's branches, with torch's CUDA view faked (CI has no GPU)."""
+    import torch
+
+    from evtp_cli.errors import EvtpError
+    from evtp_cli.models.base import check_device
+
+    check_device("cpu")
+    check_device("meta")  # shape-only builds
+    with pytest.raises(EvtpError, match="device=meta holds no data"):
+        check_device("meta", allow_meta=False)
+    with pytest.raises(EvtpError, match="'gpu0' is not a torch device"):
+        check_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(EvtpError, match="torch sees no CUDA device; use device=cpu"):
+        check_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    check_device("cuda")
+    check_device("cuda:1")
+    with pytest.raises(EvtpError, match=r"device=cuda:2: torch sees 2 CUDA device\(s\), numbered from 0"):
+        check_device("cuda:2")
 
 
 def test_make_synthetic_onto_a_file(capsys, tmp_path):

@@ -46,12 +46,16 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+COVERAGE_STAMP = "<!-- evtp coverage of records "  # first line of coverage.md, so a report can tell a stale one
+
+
 @dataclass
 class CoverageResult:
     samples: Any  # pandas DataFrame, one row per sample × setting
     summary: Any  # pandas DataFrame, one row per (model, dataset, pruner, ratio) and pooled rows
     warnings: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # pruner -> why it has no radii
+    records: str = ""  # resume.done_fingerprint of the finished records analysed
 
 
 def analyse(results_dir: str | Path, device: str = "cpu", progress: Callable[[str, int], Any] | None = None,
@@ -136,7 +140,7 @@ def analyse(results_dir: str | Path, device: str = "cpu", progress: Callable[[st
                     advance()
         del model
     samples = pd.DataFrame(rows)
-    return CoverageResult(samples, summarise(samples), warnings, skipped)
+    return CoverageResult(samples, summarise(samples), warnings, skipped, rs.done_fingerprint(done))
 
 
 def _unit(features):
@@ -258,7 +262,7 @@ def write_coverage(result: CoverageResult, out_dir: str | Path) -> list[Path]:
         md += "\n" + "\n".join(f"- {name}: no radii ({why})" for name, why in result.skipped.items()) + "\n"
     if result.warnings:
         md += "\n" + "\n".join(f"- warning: {w}" for w in result.warnings) + "\n"
-    (out / "coverage.md").write_text(md)
+    (out / "coverage.md").write_text(f"{COVERAGE_STAMP}{result.records} -->\n" + md)
     return [out / "coverage.csv", out / "coverage_summary.csv", out / "coverage.md", *plot_coverage(result.samples, result.summary, out)]
 
 

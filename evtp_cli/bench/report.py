@@ -182,7 +182,8 @@ def write_report(results_dir: str | Path, versus: str | None = None) -> Path:
     failures, with relative image links so that the folder can be pasted or attached as it is."""
     from evtp_cli.bench.paired import paired_markdown, paired_rows
     from evtp_cli.bench.results import read_results
-    from evtp_cli.bench.resume import read_records
+    from evtp_cli.bench.coverage import COVERAGE_STAMP
+    from evtp_cli.bench.resume import done_fingerprint, load_done, read_records
 
     out = Path(results_dir)
     data = read_results(out)
@@ -232,10 +233,12 @@ def write_report(results_dir: str | Path, versus: str | None = None) -> Path:
     coverage_md = out / "coverage.md"
     if coverage_md.is_file():
         lines += ["## Coverage and accuracy", ""]
-        results_json = out / "results.json"
-        if results_json.is_file() and coverage_md.stat().st_mtime < results_json.stat().st_mtime:
-            lines += [f"**Stale:** computed before the run's results last changed (a resumed run); rerun `evtp coverage {out}`.", ""]
-        lines += [coverage_md.read_text().strip(), ""]
+        text = coverage_md.read_text()
+        stamp, _, body = text.partition("\n") if text.startswith(COVERAGE_STAMP) else ("", "", text)
+        if stamp and stamp[len(COVERAGE_STAMP):].removesuffix(" -->") != done_fingerprint(load_done(out)):
+            lines += [f"**Stale:** computed from other finished samples than the run has now (it was resumed or "
+                      f"rerun); rerun `evtp coverage {out}`.", ""]
+        lines += [body.strip(), ""]
         lines += [f"![coverage]({p.name})" for p in sorted(out.glob("coverage_*.png"))] + [""]
     failed = {k: v for k, v in (meta.get("failed_samples") or {}).items() if v}
     if failed:

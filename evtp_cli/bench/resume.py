@@ -9,6 +9,7 @@ and is never silently overwritten by a different configuration. Finished samples
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -168,6 +169,13 @@ def read_records(out: Path) -> list[dict[str, Any]]:
 def load_done(out: Path) -> dict[tuple, dict[str, Any]]:
     """Finished records by `record_key`. A key recorded twice keeps its latest record."""
     return DoneIndex(out).refresh()
+
+
+def done_fingerprint(done: dict[tuple, dict[str, Any]]) -> str:
+    """Names a set of finished records (which sample × setting, and whether it failed): an analysis made
+    from one set is stale once the run's set differs."""
+    items = sorted((repr(key), str(record.get("status"))) for key, record in done.items())
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
 
 
 class DoneIndex:

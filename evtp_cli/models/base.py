@@ -84,9 +84,11 @@ class Prediction:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def check_device(device: str) -> None:
+def check_device(device: str, allow_meta: bool = True) -> None:
     """One clear error for a device this machine cannot run on: a typo, CUDA or MPS without one, or a GPU
-    index past the last GPU (torch would fail later, deep inside the first sample)."""
+    index past the last GPU (torch would fail later, deep inside the first sample). `meta` builds shapes
+    without memory (parameter counts of the large presets) but cannot evaluate: runs pass allow_meta=False.
+    Other device types are left to torch."""
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
@@ -99,8 +101,8 @@ def check_device(device: str) -> None:
     elif parsed.type == "mps":
         if not torch.backends.mps.is_available():
             raise EvtpError(f"device={device} asked for, but torch sees no MPS device; use device=cpu")
-    elif parsed.type not in ("cpu", "meta"):  # meta: shapes without memory (parameter counts of the large presets)
-        raise EvtpError(f"device={device!r} is not supported; use cpu, cuda, cuda:N or mps")
+    elif parsed.type == "meta" and not allow_meta:
+        raise EvtpError("device=meta holds no data, so nothing can be evaluated; use cpu or cuda")
 
 
 class IVSModel(abc.ABC):
