@@ -70,16 +70,24 @@ def _root() -> None:
 
 @app.command("list")
 def list_command(
-    kind: Optional[str] = typer.Argument(None, help="Only this kind: pruners, models or datasets."),
+    kind: Optional[str] = typer.Argument(
+        None, help="Only this kind (pruners, models or datasets), or one registered name to show its options."
+    ),
 ) -> None:
-    """List registered pruners, models and datasets with one-line descriptions."""
+    """List registered pruners, models and datasets with one-line descriptions; `evtp list NAME` shows the
+    options NAME takes (NAME:key=value,...) with their defaults."""
     from evtp_cli.data import DATASETS
     from evtp_cli.models import MODELS
     from evtp_cli.pruners import PRUNERS
 
     registries = {"pruners": PRUNERS, "models": MODELS, "datasets": DATASETS}
     if kind is not None and kind not in registries:
-        raise EvtpError(f"unknown kind {kind!r}; choose one of: {', '.join(registries)}")
+        owners = [(name, registry) for name, registry in registries.items() if kind in registry]
+        if not owners:
+            raise EvtpError(f"{kind!r} is neither a kind ({', '.join(registries)}) nor a registered name; `evtp list` shows the names")
+        for name, registry in owners:
+            _show_options(name[:-1], registry.entry(kind))
+        return
     for name, registry in registries.items():
         if kind is not None and name != kind:
             continue
@@ -90,6 +98,25 @@ def list_command(
             table.add_row(entry.name, entry.description)
         console.print(table)
         console.print()
+
+
+def _show_options(kind: str, entry) -> None:
+    from evtp_cli.spec import option_rows
+
+    rows = option_rows(entry.load().Config)
+    console.print(f"[bold]{kind} {entry.name}[/bold] — {entry.description}", highlight=False)
+    if not rows:
+        console.print("no options\n")
+        return
+    table = Table(header_style="bold", box=None, pad_edge=False)
+    for column in ("option", "type", "default"):
+        table.add_column(column, style="cyan" if column == "option" else None)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    key, _, default = rows[0]
+    value = "..." if default == "(required)" else default.strip("'")
+    console.print(f"as a spec: {entry.name}:{key}={value}  (several: key=value,key=value)\n", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:

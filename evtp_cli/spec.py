@@ -175,19 +175,27 @@ def build_config(config_cls: type[C], options: dict[str, Any], owner: str, name:
     return config
 
 
-def config_options(config_cls: type) -> dict[str, Any]:
-    """The option keys of a config dataclass and their defaults (for docs and `evtp list`)."""
-    out = {}
+def option_rows(config_cls: type) -> list[tuple[str, str, str]]:
+    """(key, type, default) of each option of a config dataclass, for `evtp list NAME`; a Literal's type
+    lists its choices, and a key without a default says it is required."""
+    hints = typing.get_type_hints(config_cls)
+    rows = []
     for f in dataclasses.fields(config_cls):
         if not f.init:
             continue
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
+        hint = hints.get(f.name, f.type)
+        if get_origin(hint) is Literal:
+            kind = " | ".join(str(c) for c in get_args(hint) if str(c))
         else:
-            out[f.name] = None
-    return out
+            kind = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default) if isinstance(f.default, str) else str(f.default)
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = str(f.default_factory())  # type: ignore[misc]
+        else:
+            default = "(required)"
+        rows.append((f.name, kind, default))
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------

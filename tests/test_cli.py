@@ -27,8 +27,41 @@ def test_unknown_kind_is_one_line_exit_2(capsys):
     code, out, err = run_cli(capsys, "list", "gadgets")
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "pruners, models, datasets" in lines[0]
+    assert len(lines) == 1 and "pruners, models, datasets" in lines[0] and "nor a registered name" in lines[0]
     assert "Traceback" not in err
+
+
+def _registries():
+    from evtp_cli.data import DATASETS
+    from evtp_cli.models import MODELS
+    from evtp_cli.pruners import PRUNERS
+
+    return {"pruner": PRUNERS, "model": MODELS, "dataset": DATASETS}
+
+
+def _registered():
+    return [(kind, entry.name) for kind, registry in _registries().items() for entry in registry.entries()]
+
+
+@pytest.mark.parametrize("kind,name", _registered())
+def test_list_name_shows_every_option_with_its_default(capsys, kind, name):
+    import dataclasses
+
+    code, out, err = run_cli(capsys, "list", name)
+    assert code == 0, err
+    assert f"{kind} {name} —" in out
+    config = _registries()[kind].load(name).Config
+    fields = [f for f in dataclasses.fields(config) if f.init]
+    text = out.split("\n", 1)[1]
+    for f in fields:
+        line = next((l for l in text.splitlines() if l.split() and l.split()[0] == f.name), None)
+        assert line is not None, (f.name, out)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            assert line.rstrip().endswith("(required)")
+        else:
+            assert line.rstrip().endswith(repr(f.default) if isinstance(f.default, str) else str(f.default)), line
+    if fields:
+        assert f"as a spec: {name}:{fields[0].name}=" in out
 
 
 def test_debug_shows_traceback(capsys):
