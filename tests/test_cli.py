@@ -114,3 +114,14 @@ def test_results_table_is_printed_whole_in_80_columns(capsys, monkeypatch):
     twin = dict(rows[1], dataset="synthetic-video:n=100,seed=6", model="tiny-ivs")
     table = results_table([dict(rows[1], model="tiny-ivs"), twin])
     assert list(table.columns[0].cells) == ["synthetic-video:n=100,seed=5", "synthetic-video:n=100,seed=6"]
+
+
+def test_sweep_takes_the_singular_option_names(capsys, tmp_path):
+    """The issue names sweep-ratios' options --model, --datasets, --pruners, --ratios; both spellings work."""
+    from evtp_cli.bench.results import read_results
+
+    code, _, err = run_cli(capsys, "sweep-ratios", "--model", "tiny-ivs", "--dataset", "synthetic-image:n=2,size=32",
+                           "--pruner", "uniform", "--pruner", "random", "--ratio", "0.5", "-o", str(tmp_path))
+    assert code == 0, err
+    rows = read_results(tmp_path)["rows"]
+    assert [(r["pruner"], r["ratio"]) for r in rows] == [("none", 1.0), ("uniform", 0.5), ("random", 0.5)]

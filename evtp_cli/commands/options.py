@@ -13,18 +13,19 @@ DEFAULT_SWEEP_PRUNERS = ["evtp", "kcenter", "divprune", "random", "uniform"]
 DEFAULT_SWEEP_RATIOS = ["0.1", "0.2", "0.3", "0.5"]
 
 Model = typer.Option("tiny-ivs", "--model", "-m", help="Model as name[:key=value,...], e.g. tiny-ivs.")
-Models = typer.Option(None, "--models", "-m", help="Models (repeat the flag or separate with commas); default: tiny-ivs.")
+# the list options also answer to the singular (--model, as prune-eval spells it)
+Models = typer.Option(None, "--models", "--model", "-m", help="Models (repeat the flag or separate with commas); default: tiny-ivs.")
 Dataset = typer.Option(None, "--dataset", "-d", help=f"Dataset as name[:key=value,...]; repeat for several; default: {DEFAULT_DATASET}.")
 Datasets = typer.Option(
-    None, "--datasets", "-d", help=f"Datasets (repeat the flag or separate with commas); default: {', '.join(DEFAULT_SWEEP_DATASETS)}."
+    None, "--datasets", "--dataset", "-d", help=f"Datasets (repeat the flag or separate with commas); default: {', '.join(DEFAULT_SWEEP_DATASETS)}."
 )
 Pruner = typer.Option("evtp", "--pruner", "-p", help="Pruner as name[:key=value,...], e.g. evtp:spatial_weight=0.5.")
 Pruners = typer.Option(
-    None, "--pruners", "-p", help=f"Pruners (repeat the flag or separate with commas); default: {', '.join(DEFAULT_SWEEP_PRUNERS)}."
+    None, "--pruners", "--pruner", "-p", help=f"Pruners (repeat the flag or separate with commas); default: {', '.join(DEFAULT_SWEEP_PRUNERS)}."
 )
 Ratio = typer.Option(0.2, "--ratio", "-r", help="Keep ratio in (0, 1]: the fraction of visual tokens kept.")
 Ratios = typer.Option(
-    None, "--ratios", "-r", help=f"Keep ratios (repeat the flag or separate with commas); default: {', '.join(DEFAULT_SWEEP_RATIOS)}."
+    None, "--ratios", "--ratio", "-r", help=f"Keep ratios (repeat the flag or separate with commas); default: {', '.join(DEFAULT_SWEEP_RATIOS)}."
 )
 Limit = typer.Option(None, "--limit", "-n", help="Evaluate at most this many samples per dataset.")
 Seed = typer.Option(0, "--seed", help="Seed for random pruners and anything else stochastic.")
