@@ -64,3 +64,39 @@ def test_bad_files_are_user_errors(tmp_path, capsys):
     assert code == 2
     code, _ = _run(capsys, "compare", str(tmp_path / "none.json"), str(tmp_path / "x.json"))
     assert code == 2
+
+
+def test_a_drop_of_exactly_max_drop_passes():
+    base = [dict(ROWS[0], giou=0.50)]
+    assert compare_rows(base, [dict(ROWS[0], giou=0.49)], max_drop=0.01).ok  # 0.50 - 0.49 is 0.01000000000000001 in floats
+    assert not compare_rows(base, [dict(ROWS[0], giou=0.4899)], max_drop=0.01).ok
+
+
+@pytest.mark.parametrize(
+    "change, column",
+    [
+        ({"giou": float("nan")}, "giou"),
+        ({"ms_total": None}, "ms_total"),
+        ({"ms_total": 0.0}, "ms_total"),
+        ({"n_samples": 7, "n_failed": 3}, "n_failed"),  # the metric averages only the 7 that did not fail
+    ],
+)
+def test_missing_numbers_and_new_failures_are_regressions(change, column):
+    current = copy.deepcopy(ROWS)
+    current[1].update(change)
+    result = compare_rows(ROWS, current)
+    assert [c.column for c in result.regressions] == [column]
+
+
+def test_option_order_does_not_decide_a_match_and_new_rows_are_listed():
+    base = [dict(ROWS[0], dataset="synthetic-image:n=6,size=32", pruner="evtp:spatial_weight=0.5,mode=global")]
+    current = [dict(ROWS[0], dataset="synthetic-image:size=32,n=6", pruner="evtp:mode=global,spatial_weight=0.5"), ROWS[1]]
+    result = compare_rows(base, current)
+    assert result.ok and result.compared == 1
+    assert [(c.key[2], c.note) for c in result.changes] == [("evtp", "new: not in the baseline")]
+
+
+def test_empty_baseline_is_a_user_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", str(_write(tmp_path, "a", [])), str(_write(tmp_path, "b", ROWS))])
+    assert exc.value.code == 2 and "has no rows, so nothing can be compared" in capsys.readouterr().err

@@ -1,12 +1,17 @@
 """The regression gate: compare a current results.json with a baseline.
 
-Rows are matched on (model, dataset, pruner, ratio). A regression is an accuracy metric that drops by
-more than `max_drop` (absolute), a `ms_total` that grows by more than `max_slowdown` times, or a baseline
-row missing from the current results.
+Rows are matched on (model, dataset, pruner, ratio), with each spec's options in sorted order (so
+`synthetic-image:n=6,size=32` matches `synthetic-image:size=32,n=6`). A regression is:
+- a baseline row missing from the current results;
+- an accuracy metric that drops by more than `max_drop` (absolute), or that is missing or NaN;
+- a `ms_total` that grows by more than `max_slowdown` times, or that is missing where the baseline has one;
+- more failed samples than the baseline had (the metrics average only the samples that did not fail).
+Rows only in the current results are listed as new, not as regressions.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +42,32 @@ class Comparison:
         return not self.regressions
 
 
+EPS = 1e-9  # float noise: a drop of exactly max_drop is allowed
+
+
+def _normal(spec: Any) -> Any:
+    """A spec with its options sorted, so that option order does not decide a match."""
+    from evtp_cli.spec import parse_spec
+
+    if not isinstance(spec, str) or ":" not in spec:
+        return spec
+    try:
+        parsed = parse_spec(spec)
+    except Exception:  # a name the registries do not know still matches itself
+        return spec
+    return parsed.name + ":" + ",".join(f"{k}={v}" for k, v in sorted(parsed.options.items()))
+
+
 def row_key(row: dict[str, Any]) -> tuple:
-    return (row.get("model"), row.get("dataset"), row.get("pruner"), round(float(row.get("ratio") or 0.0), 6))
+    return (_normal(row.get("model")), _normal(row.get("dataset")), _normal(row.get("pruner")),
+            round(float(row.get("ratio") or 0.0), 6))
+
+
+def _number(value: Any) -> float | None:
+    """A finite number, else None (missing, NaN, or not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+        return None
+    return float(value)
 
 
 def compare_rows(
@@ -51,22 +80,29 @@ def compare_rows(
     now = {row_key(r): r for r in current}
     for base in baseline:
         key = row_key(base)
-        cur = now.get(key)
+        cur = now.pop(key, None)
         if cur is None:
             result.changes.append(Change(key, "row", None, None, True, "missing from current results"))
             continue
         result.compared += 1
         for col in METRIC_COLUMNS:
-            b, c = base.get(col), cur.get(col)
+            b, c = _number(base.get(col)), _number(cur.get(col))
             if b is None:
                 continue
             if c is None:
-                result.changes.append(Change(key, col, b, None, True, "metric missing"))
-            elif abs(c - b) > 1e-9:
-                result.changes.append(Change(key, col, b, c, b - c > max_drop))
-        b, c = base.get("ms_total"), cur.get("ms_total")
-        if b and c and abs(c / b - 1) > 0.05:
-            result.changes.append(Change(key, "ms_total", b, c, c / b > max_slowdown, f"{c / b:.2f}× baseline"))
+                result.changes.append(Change(key, col, b, None, True, "metric missing or NaN"))
+            elif abs(c - b) > EPS:
+                result.changes.append(Change(key, col, b, c, b - c > max_drop + EPS))
+        b, c = _number(base.get("ms_total")), _number(cur.get("ms_total"))
+        if b and not (c and c > 0):
+            result.changes.append(Change(key, "ms_total", b, c, True, "latency missing"))
+        elif b and c and abs(c / b - 1) > 0.05:
+            result.changes.append(Change(key, "ms_total", b, c, c / b > max_slowdown + EPS, f"{c / b:.2f}× baseline"))
+        failed_before, failed_now = base.get("n_failed") or 0, cur.get("n_failed") or 0
+        if failed_now > failed_before:
+            result.changes.append(Change(key, "n_failed", failed_before, failed_now, True, "more failed samples"))
         if (base.get("n_samples") or 0) != (cur.get("n_samples") or 0):
             result.changes.append(Change(key, "n_samples", base.get("n_samples"), cur.get("n_samples"), False, "different sample count"))
+    for key in now:
+        result.changes.append(Change(key, "row", None, None, False, "new: not in the baseline"))
     return result

@@ -176,16 +176,20 @@ def compare(
         raise EvtpError("--max-drop must be >= 0 and --max-slowdown > 0")
     base = read_results(baseline)["rows"]
     cur = read_results(current)["rows"]
+    if not base:
+        raise EvtpError(f"the baseline {str(baseline)!r} has no rows, so nothing can be compared; point at a run's results")
     result = compare_rows(base, cur, max_drop=max_drop, max_slowdown=max_slowdown)
     if result.changes:
         table = Table(title="what moved", header_style="bold")
-        for col in ("dataset", "pruner", "ratio", "column", "baseline", "current", "verdict"):
+        several_models = len({ch.key[0] for ch in result.changes}) > 1
+        for col in (["model"] if several_models else []) + ["dataset", "pruner", "ratio", "column", "baseline", "current", "verdict"]:
             table.add_column(col)
         for ch in result.changes:
-            _, dataset, pruner, ratio = ch.key
+            model, dataset, pruner, ratio = ch.key
             fmt = lambda v: "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
             verdict = "[red]REGRESSION[/red]" if ch.regression else "ok"
-            table.add_row(str(dataset), str(pruner), f"{ratio:g}", ch.column, fmt(ch.baseline), fmt(ch.current), f"{verdict} {ch.note}".strip())
+            cells = [str(dataset), str(pruner), f"{ratio:g}", ch.column, fmt(ch.baseline), fmt(ch.current), f"{verdict} {ch.note}".strip()]
+            table.add_row(*([str(model)] if several_models else []), *cells)
         print_whole(table)
     if result.ok:
         console.print(f"[green]no regression[/green] in {result.compared} matched rows (max drop {max_drop}, max slowdown {max_slowdown}×)")
