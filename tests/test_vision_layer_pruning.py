@@ -245,6 +245,22 @@ def test_a_bad_layer_is_a_one_line_error(spec, layer, words, samples):
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_bad_layer_ends_a_run_before_its_first_sample(tmp_path, capsys):
+    """Checked once the model is loaded, so the folder holds no finished sample and the fixed run may reuse it."""
+    from evtp_cli.bench.resume import load_done
+    from evtp_cli.cli import main
+
+    args = ["sweep-ratios", "-m", "sa2va-qwen:preset=tiny-random", "-d", "synthetic-image:n=1,size=32", "-r", "0.25", "-o", str(tmp_path)]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "-p", "uniform,evtp:at=vision-layer-0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "vision block 0 of sa2va-qwen attends within windows only" in err
+    assert load_done(tmp_path) == {}
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "-p", "uniform"])
+    assert exc.value.code == 0, capsys.readouterr().err
+
+
 def test_the_at_key_is_checked_and_sets_the_stage():
     assert get_pruner("evtp").stage == "pre-llm" and get_pruner("evtp").vision_layer is None
     inside = get_pruner("evtp:at=vision-layer-15")

@@ -268,6 +268,7 @@ def _evaluate_all(config, shard, datasets, out, meta, done, progress, advance, g
     with SampleLog(log_path) as log:
         for model_spec in config.models:
             model = load_model(model_spec, **_model_overrides(model_spec, shard.device(config.device), config.frames))
+            model.check_pruners([pruner for _, pruner in pruners])  # a bad vision block ends the run before its first sample
             meta.setdefault("models", {})[canonical(model_spec)] = model.info()
             for dataset_spec, dataset in datasets:
                 n = len(dataset) if config.limit is None else min(config.limit, len(dataset))

@@ -137,6 +137,10 @@ class IVSModel(abc.ABC):
         loads anything."""
         return None
 
+    def check_pruners(self, pruners: list[Any]) -> None:
+        """Raise a one-line EvtpError for a pruner this model can never run as configured (a vision block it
+        does not have): called once after loading, before a run's first sample."""
+
     def info(self) -> dict[str, Any]:
         """A short description of the loaded model for results.json's meta."""
         return {"name": self.name}

@@ -335,6 +335,12 @@ class Sa2VABackend(IVSModel):
         """A one-line EvtpError when `evtp:at=vision-layer-{layer}` cannot select after that block."""
         raise NotImplementedError
 
+    def check_pruners(self, pruners: list[Any]) -> None:
+        for pruner in pruners:
+            layer = getattr(pruner, "vision_layer", None)
+            if layer is not None:
+                self.check_vision_layer(layer)
+
     def _prompt(self, instruction_text: str, tokens_per_block: list[int]) -> str:
         raise NotImplementedError
 
