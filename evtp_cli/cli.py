@@ -114,9 +114,27 @@ def _show_options(kind: str, entry) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    key, _, default = rows[0]
-    value = "..." if default == "(required)" else default.strip("'")
-    console.print(f"as a spec: {entry.name}:{key}={value}  (several: key=value,key=value)\n", highlight=False)
+    console.print(f"as a spec: {_example_spec(entry, rows)}  (several: key=value,key=value)\n", highlight=False)
+
+
+def _example_spec(entry, rows: list[tuple[str, str, str]]) -> str:
+    """NAME:key=value with the required keys, plus the first option whose default (or else one of its
+    choices) the config accepts: sa2va-qwen needs path= or preset=, so its empty default is no example."""
+    from evtp_cli.spec import build_config
+
+    required = {key: "..." for key, _, default in rows if default == "(required)"}
+    for key, kind, default in rows:
+        if key in required:
+            continue
+        choices = [c.strip() for c in kind.split("|")] if "|" in kind else []
+        for value in dict.fromkeys([default.strip("'"), *choices]):
+            try:
+                build_config(entry.load().Config, {**{k: "x" for k in required}, key: value}, entry.name)
+            except (EvtpError, ValueError, TypeError):
+                continue
+            if value:
+                return f"{entry.name}:" + ",".join(f"{k}={v}" for k, v in {**required, key: value}.items())
+    return f"{entry.name}:" + ",".join(f"{k}={v}" for k, v in required.items()) if required else entry.name
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -60,8 +60,10 @@ def test_list_name_shows_every_option_with_its_default(capsys, kind, name):
             assert line.rstrip().endswith("(required)")
         else:
             assert line.rstrip().endswith(repr(f.default) if isinstance(f.default, str) else str(f.default)), line
-    if fields:
-        assert f"as a spec: {name}:{fields[0].name}=" in out
+    if fields:  # the example is a spec the registry accepts (required values filled in)
+        example = out.split("as a spec: ", 1)[1].split()[0]
+        assert example.startswith(f"{name}:")
+        _registries()[kind].config_of(example.replace("...", "x"))
 
 
 def test_debug_shows_traceback(capsys):
