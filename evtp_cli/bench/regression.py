@@ -47,13 +47,13 @@ def run_gate(workdir: Path) -> int:
 
 
 def update_baseline() -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="evtp-baseline-"))
-    code = _cli([*SWEEP, "--output", str(tmp), "--overwrite"])
-    if code:
-        return code
-    BASELINE.mkdir(parents=True, exist_ok=True)
-    for name in ("results.json", "results.csv", "table.md"):
-        shutil.copy(tmp / name, BASELINE / name)
+    with tempfile.TemporaryDirectory(prefix="evtp-baseline-") as tmp:
+        code = _cli([*SWEEP, "--output", tmp, "--overwrite"])
+        if code:
+            return code
+        BASELINE.mkdir(parents=True, exist_ok=True)
+        for name in ("results.json", "results.csv", "table.md"):
+            shutil.copy(Path(tmp) / name, BASELINE / name)
     print(f"baseline refreshed in {BASELINE}")
     return 0
 
@@ -65,8 +65,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.update:
         raise SystemExit(update_baseline())
-    workdir = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="evtp-gate-"))
-    raise SystemExit(run_gate(workdir))
+    if args.output:
+        raise SystemExit(run_gate(Path(args.output)))
+    workdir = Path(tempfile.mkdtemp(prefix="evtp-gate-"))
+    code = run_gate(workdir)
+    if code:
+        print(f"the sweep's results are kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":
