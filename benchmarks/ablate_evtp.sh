@@ -5,6 +5,10 @@
 #                                            MODEL="tiny-ivs:weights=W" ablates other weights)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == -* ]]; then  # --help or a mistyped flag: not an output folder
+  sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+  exit 2
+fi
 OUT="${1:-runs/ablation-val}"
 EVTP="${EVTP:-.venv/bin/evtp}"
 P=""

@@ -219,6 +219,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available")
+    if not 0 < args.ratio <= 1:
+        ap.error(f"--ratio {args.ratio} is outside (0, 1]")
+    for name in ("repeats", "reference_repeats", "frames", "frame_tokens"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0 or any(n < 1 for n in args.image_tokens) or any(d < 1 for d in args.dims or []):
+        ap.error("--warmup must be >= 0, and --image-tokens and --dims >= 1")
     return args
 
 
@@ -230,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], "speedups": gains}, indent=1))
     else:
         render(rows, meta, gains)
-    return 0
+    failed = [r for r in rows if r.note.startswith("failed")]
+    return 1 if failed else 0  # gpu_check.sh counts on it
 
 
 if __name__ == "__main__":

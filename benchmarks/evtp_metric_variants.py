@@ -24,6 +24,7 @@ import torch
 
 from evtp_cli.bench.evaluate import Setting, evaluate_dataset
 from evtp_cli.data import load_dataset
+from evtp_cli.errors import EvtpError
 from evtp_cli.models import load_model
 from evtp_cli.pruners import get_pruner
 from evtp_cli.pruners.base import Pruner, frame_index
@@ -88,8 +89,11 @@ def parse(spec: str) -> Pruner:
     for option in filter(None, options.split(",")):
         key, _, value = option.partition("=")
         if key not in VARIANT_OPTIONS:
-            raise SystemExit(f"unknown option {key!r} in {spec!r}: use {', '.join(VARIANT_OPTIONS)}")
-        kwargs[key] = float(value)
+            raise ValueError(f"unknown option {key!r} in {spec!r}: use {', '.join(VARIANT_OPTIONS)}")
+        try:
+            kwargs[key] = float(value)
+        except ValueError:
+            raise ValueError(f"{key}={value!r} in {spec!r} is not a number") from None
     return Variant(rule, **kwargs)
 
 
@@ -97,11 +101,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variants", nargs="+", help="evtp, kcenter, ... or sum:lam=L, max:lam=L, two-phase:theta=T")
     args = parser.parse_args()
+    try:
+        pruners = {spec: parse(spec) for spec in args.variants}  # every spec checked before the first cell
+    except (EvtpError, ValueError) as exc:
+        parser.exit(2, f"error: {exc}\n")
     model = load_model("tiny-ivs")
     cells: dict[str, list[float]] = {spec: [] for spec in args.variants}
     for dataset_spec in CELLS:
         start = time.time()
-        settings = [(Setting(model.name, dataset_spec, spec, r), parse(spec)) for r in RATIOS for spec in args.variants]
+        settings = [(Setting(model.name, dataset_spec, spec, r), pruners[spec]) for r in RATIOS for spec in args.variants]
         rows = evaluate_dataset(model, load_dataset(dataset_spec), settings, warmup=0)
         metric = "giou" if dataset_spec.startswith("synthetic-image") else "JF"
         for row in rows:

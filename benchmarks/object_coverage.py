@@ -41,12 +41,17 @@ def main() -> None:
     args = parser.parse_args()
     identity = rs.previous_identity(args.run)
     if identity is None:
-        raise SystemExit(f"{args.run} has no run.json; give the output folder of a sweep-ratios or prune-eval run")
+        parser.exit(2, f"error: {args.run} has no run.json; give the output folder of a sweep-ratios or prune-eval run\n")
     iou = {(r["pruner"], r["index"]): r["iou"] for r in rs.load_done(args.run).values()
            if r["dataset"] == args.dataset and r["ratio"] == args.ratio and r.get("status") == "ok"}
+    unscored = [name for name in args.pruners if not any(pruner == name for pruner, _ in iou)]
+    if unscored:
+        parser.exit(2, f"error: {args.run} scored no sample of {', '.join(unscored)} on {args.dataset!r} at {args.ratio:g}; it ran "
+                       f"datasets {', '.join(identity['datasets'])}; ratios {', '.join(map(str, identity['ratios']))}; "
+                       f"pruners {', '.join(identity['pruners'])}\n")
     model, dataset = load_model(identity["models"][0]), load_dataset(args.dataset)
     if dataset.task != "image":
-        raise SystemExit("object_coverage.py reads synthetic images only")
+        parser.exit(2, "error: object_coverage.py reads synthetic images only\n")
     pruners = {name: get_pruner(name) for name in args.pruners}
     stats: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     pairs: dict[str, list[float]] = defaultdict(list)  # mean feature distance (1 - cos)/2 by kind of token pair

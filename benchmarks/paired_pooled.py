@@ -25,28 +25,38 @@ def main() -> None:
     parser.add_argument("--pruners", default=None, help="comma-separated: only these against --versus")
     parser.add_argument("--alias", action="append", default=[], metavar="NAME=SPEC")
     args = parser.parse_args()
+    bad = [a for a in args.alias if not all(a.partition("=")[::2])]
+    if bad:
+        parser.error(f"--alias {bad[0]!r}: give NAME=SPEC, e.g. evtp=evtp:spatial_weight=0.5")
     alias = {spec: name for name, _, spec in (a.partition("=") for a in args.alias)}
     pooled = []
     for run in args.runs:
         records = read_records(run)
         if not records:
-            raise SystemExit(f"{run} holds no samples.jsonl records")
+            parser.exit(2, f"error: {run} holds no samples.jsonl records\n")
         spelled: dict[tuple, str] = {}
         for rec in records:
             name = alias.get(rec["pruner"], rec["pruner"])
             setting = (rec["model"], rec["dataset"], rec["ratio"], name)
             if spelled.setdefault(setting, rec["pruner"]) != rec["pruner"]:
-                raise SystemExit(f"{run}: {spelled[setting]!r} and {rec['pruner']!r} both stand for {name!r}; alias only one of them")
+                parser.exit(2, f"error: {run}: {spelled[setting]!r} and {rec['pruner']!r} both stand for {name!r}; alias only one of them\n")
             task = "videos" if "JF" in rec else "images"
             key = None if rec.get("index") is None else (str(run), rec["model"], rec["dataset"], rec["index"])
             rec = {**rec, "pruner": name, "model": "pooled", "index": key}
             pooled += [{**rec, "dataset": task}, {**rec, "dataset": "images and videos"}]
     rows = paired_rows(pooled, args.versus)
+    ran = sorted({r["pruner"] for r in pooled})
+    if args.versus not in ran:
+        parser.exit(2, f"error: --versus {args.versus!r} is not a pruner of these runs; they ran: {', '.join(ran)} (use --alias for other spellings)\n")
     if args.pruners:
         wanted = set(args.pruners.split(","))
+        unknown = sorted(wanted - set(ran))
+        if unknown:
+            parser.exit(2, f"error: --pruners: {', '.join(unknown)} did not run; these runs ran: {', '.join(ran)}\n")
         rows = [r for r in rows if r["pruner"] in wanted]
     if not rows:
-        raise SystemExit(f"nothing to pair: no pruner ran beside {args.versus!r} (use --alias for other spellings)")
+        parser.exit(2, f"error: nothing to pair: no other pruner ran at the keep ratios of {args.versus!r} on the same samples "
+                       "(or the records have no sample index, or no accuracy, as in a --predict-only run)\n")
     print(paired_markdown(rows, args.versus))
 
 

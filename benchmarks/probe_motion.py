@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from evtp_cli.data.frames import key_frame_indices
 from evtp_cli.data.synthetic import SPLIT_CODES
 from evtp_cli.models.tiny import DEFAULT_WEIGHTS
 from evtp_cli.models.tiny_net import PATCH, group_starts, key_frame_coords
@@ -51,6 +52,12 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--key-frames", default="first-4")
     args = parser.parse_args()
+    try:
+        key_frame_indices(8, args.key_frames)
+    except ValueError as exc:
+        parser.exit(2, f"error: --key-frames: {exc}\n")
+    if not args.weights.is_file():
+        parser.exit(2, f"error: --weights {str(args.weights)!r} is not a file; give a tiny-ivs .safetensors file\n")
     torch.manual_seed(0)
     net, _ = load(args.weights)
     net.eval()

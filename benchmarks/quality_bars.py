@@ -18,6 +18,7 @@ import torch
 
 from evtp_cli.bench.paired import paired_markdown, paired_rows
 from evtp_cli.bench.quality import BARS, BASELINES, CASES, RATIOS, RecordLog, case_scores, judge, markdown_table
+from evtp_cli.errors import EvtpError
 from evtp_cli.models import load_model
 
 
@@ -28,7 +29,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    try:
+        model = load_model(args.model)
+    except EvtpError as exc:
+        parser.exit(2, f"error: {exc}\n")
     scores, records = {}, RecordLog()
     for spec in CASES:
         scores[spec] = case_scores(model, spec, records)
