@@ -100,3 +100,22 @@ def test_empty_baseline_is_a_user_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["compare", str(_write(tmp_path, "a", [])), str(_write(tmp_path, "b", ROWS))])
     assert exc.value.code == 2 and "has no rows, so nothing can be compared" in capsys.readouterr().err
+
+
+def test_duplicate_baseline_rows_are_compared_once():
+    base = [ROWS[0], dict(ROWS[0], dataset="synthetic-image")]
+    result = compare_rows(base, ROWS[:1])
+    assert result.ok and result.compared == 1
+    assert [c.note for c in result.changes] == ["duplicate baseline row, compared once"]
+
+
+def test_what_moved_names_the_model_when_several_moved(tmp_path, capsys):
+    base = [ROWS[1], dict(ROWS[1], model="sa2va-qwen:preset=tiny-random")]
+    worse = [dict(r, giou=r["giou"] - 0.05) for r in base]
+    code, out = _run(capsys, "compare", str(_write(tmp_path, "a", base)), str(_write(tmp_path, "b", worse)))
+    header = next(line for line in out.splitlines() if "dataset" in line and "verdict" in line)
+    assert code == 1 and header.replace("┃", " ").split()[0] == "model"
+    assert "tiny-ivs" in out and "sa2va-qwen:preset=tiny-random" in "".join(out.split())
+    code, out = _run(capsys, "compare", str(_write(tmp_path, "c", base[:1])), str(_write(tmp_path, "d", worse[:1])))
+    header = next(line for line in out.splitlines() if "dataset" in line and "verdict" in line)
+    assert code == 1 and header.replace("┃", " ").split()[0] == "dataset"

@@ -78,12 +78,17 @@ def compare_rows(
 ) -> Comparison:
     result = Comparison()
     now = {row_key(r): r for r in current}
+    matched: set[tuple] = set()
     for base in baseline:
         key = row_key(base)
-        cur = now.pop(key, None)
+        if key in matched:
+            result.changes.append(Change(key, "row", None, None, False, "duplicate baseline row, compared once"))
+            continue
+        cur = now.get(key)
         if cur is None:
             result.changes.append(Change(key, "row", None, None, True, "missing from current results"))
             continue
+        matched.add(key)
         result.compared += 1
         for col in METRIC_COLUMNS:
             b, c = _number(base.get(col)), _number(cur.get(col))
@@ -103,6 +108,6 @@ def compare_rows(
             result.changes.append(Change(key, "n_failed", failed_before, failed_now, True, "more failed samples"))
         if (base.get("n_samples") or 0) != (cur.get("n_samples") or 0):
             result.changes.append(Change(key, "n_samples", base.get("n_samples"), cur.get("n_samples"), False, "different sample count"))
-    for key in now:
+    for key in now.keys() - matched:
         result.changes.append(Change(key, "row", None, None, False, "new: not in the baseline"))
     return result

@@ -47,13 +47,15 @@ def run_gate(workdir: Path) -> int:
 
 
 def update_baseline() -> int:
-    with tempfile.TemporaryDirectory(prefix="evtp-baseline-") as tmp:
-        code = _cli([*SWEEP, "--output", tmp, "--overwrite"])
-        if code:
-            return code
-        BASELINE.mkdir(parents=True, exist_ok=True)
-        for name in ("results.json", "results.csv", "table.md"):
-            shutil.copy(Path(tmp) / name, BASELINE / name)
+    tmp = Path(tempfile.mkdtemp(prefix="evtp-baseline-"))
+    code = _cli([*SWEEP, "--output", str(tmp), "--overwrite"])
+    if code:
+        print(f"the sweep failed; what it wrote is kept in {tmp}")
+        return code
+    BASELINE.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "results.csv", "table.md"):
+        shutil.copy(tmp / name, BASELINE / name)
+    shutil.rmtree(tmp, ignore_errors=True)
     print(f"baseline refreshed in {BASELINE}")
     return 0
 
