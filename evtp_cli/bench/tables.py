@@ -61,7 +61,7 @@ def results_table(rows: Iterable[dict[str, Any]], title: str | None = None) -> T
     for i, (col, justify) in enumerate(header):
         if col in ("model", "pruner", "dataset"):
             # long specs (evtp:spatial_weight=0.25,mode=global) fold onto more lines
-            table.add_column(col, justify=justify, overflow="fold", max_width=24)
+            table.add_column(col, justify=justify, overflow="fold", max_width=32)
         else:
             # numbers and headers are never cut to "…"
             width = max([len(col)] + [len(cells[i]) for cells in body])
