@@ -122,6 +122,7 @@ def _example_spec(entry, rows: list[tuple[str, str, str]]) -> str:
     choices) the config accepts: sa2va-qwen needs path= or preset=, so its empty default is no example."""
     from evtp_cli.spec import build_config
 
+    config_cls = entry.load().Config
     required = {key: "..." for key, _, default in rows if default == "(required)"}
     for key, kind, default in rows:
         if key in required:
@@ -129,7 +130,7 @@ def _example_spec(entry, rows: list[tuple[str, str, str]]) -> str:
         choices = [c.strip() for c in kind.split("|")] if "|" in kind else []
         for value in dict.fromkeys([default.strip("'"), *choices]):
             try:
-                build_config(entry.load().Config, {**{k: "x" for k in required}, key: value}, entry.name)
+                build_config(config_cls, {**{k: "x" for k in required}, key: value}, entry.name)
             except (EvtpError, ValueError, TypeError):
                 continue
             if value:

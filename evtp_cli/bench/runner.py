@@ -74,8 +74,10 @@ def parse_ratios(values: list[str] | list[float]) -> list[float]:
     return ratios
 
 
-def validate(config: RunConfig) -> None:
-    """Parse every spec into its config (unknown names/keys raise SpecError with the known ones)."""
+def validate(config: RunConfig, decodes_pruned: bool = True) -> None:
+    """Parse every spec into its config (unknown names/keys raise SpecError with the known ones).
+    `decodes_pruned=False` (token maps: encode and select only) lets a model that cannot decode pruned
+    settings through (`IVSModel.cannot_prune`)."""
     from evtp_cli.data import DATASETS
     from evtp_cli.models import MODELS
     from evtp_cli.models.base import check_device
@@ -96,6 +98,10 @@ def validate(config: RunConfig) -> None:
         model_config = MODELS.config_of(spec, **_model_overrides(spec, config.device, config.frames))
         if hasattr(model_config, "device"):
             check_device(model_config.device, allow_meta=False)  # before the output folder is touched
+        cannot_prune = getattr(MODELS.load(parse_spec(spec).name), "cannot_prune", None)  # plug-ins may lack it
+        why = cannot_prune(model_config) if cannot_prune and decodes_pruned else None
+        if why:
+            raise EvtpError(f"model {spec!r}: {why}")
     for spec in config.datasets:
         DATASETS.config_of(spec)
     for spec in config.pruners:
@@ -114,17 +120,6 @@ def validate(config: RunConfig) -> None:
         raise EvtpError(f"--max-failures must be >= 0, got {config.max_failures}")
     if config.resume and config.overwrite:
         raise EvtpError("--resume and --overwrite exclude each other: resume keeps finished samples, overwrite deletes them")
-
-
-def _check_models_can_prune(config: RunConfig) -> None:
-    """A run evaluates pruned settings: refuse a model configuration that cannot (before anything loads)."""
-    from evtp_cli.models import MODELS
-
-    for spec in config.models:
-        cannot_prune = getattr(MODELS.load(parse_spec(spec).name), "cannot_prune", None)  # plug-ins may lack it
-        why = cannot_prune(MODELS.config_of(spec, **_model_overrides(spec, config.device, config.frames))) if cannot_prune else None
-        if why:
-            raise EvtpError(f"model {spec!r}: {why}")
 
 
 def _model_overrides(spec: str, device: str, frames: str | None) -> dict[str, Any]:
@@ -196,7 +191,6 @@ def execute(
     from evtp_cli.pruners import get_pruner
 
     validate(config)
-    _check_models_can_prune(config)
     shard = Shard.from_env()
     if shard.sharded and config.predict_only:
         raise EvtpError("--predict-only runs cannot be sharded with torchrun yet; run them in one process")

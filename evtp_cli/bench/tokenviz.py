@@ -153,7 +153,7 @@ def visualize(model_spec: str, dataset_spec: str, sample_ref: str | None, pruner
 
     parse_ratios([ratio])
     validate(RunConfig(models=[model_spec], datasets=[dataset_spec], pruners=pruner_specs, ratios=[ratio], output=Path("."),
-                       device=device, frames=frames))
+                       device=device, frames=frames), decodes_pruned=False)
     dataset = open_dataset(dataset_spec)
     index = find_sample(dataset, sample_ref)
     pruners = [(canonical(p), get_pruner(p)) for p in pruner_specs]
