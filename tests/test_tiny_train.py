@@ -114,3 +114,56 @@ def test_model_with_temporal_patch_merges_key_frame_pairs(tmp_path):
     assert pred.extras["frame"] == 2 and pred.masks.shape == (6, 32, 32)  # a token of the second group prompts frame 2
     image = load_dataset("synthetic-image:n=1,size=32")[0]
     assert model.encode(image, StageTimer()).count == per_frame
+
+
+def test_patch_pixels_follow_the_token_grid_by_hand():
+    """Token i (row-major on the PATCH-pixel grid, as grid_coords) reads out the pixels of its own patch."""
+    from evtp_cli.models.tiny_net import PATCH
+    from evtp_cli.models.tiny_train import patch_pixels
+
+    h, w = 2, 3
+    image = torch.zeros(1, 3, h * PATCH, w * PATCH)
+    for row in range(h):
+        for col in range(w):
+            image[0, :, row * PATCH : (row + 1) * PATCH, col * PATCH : (col + 1) * PATCH] = 0.1 * (row * w + col)
+    image[0, 2, 0, 1] = 0.9  # one pixel of token 0, blue channel, row 0, column 1
+    patches = patch_pixels(image)
+    assert patches.shape == (1, h * w, 3 * PATCH * PATCH)
+    for token in range(1, h * w):
+        assert torch.allclose(patches[0, token], torch.full((3 * PATCH * PATCH,), (0.1 * token - 0.45) / 0.25))
+    # channel-major within a patch: blue channel, then row 0, column 1
+    assert patches[0, 0, 2 * PATCH * PATCH + 1] == pytest.approx((0.9 - 0.45) / 0.25)
+    assert (patches[0, 0] == (0 - 0.45) / 0.25).sum() == 3 * PATCH * PATCH - 1
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_appearance_probe_lowers_its_loss_and_trains_the_tokens(stage):
+    """With the patch read-out on (--appearance), both stages' losses include it, it goes down, and its
+    gradient reaches what the stage trains (the encoder in stage 1, the projector in stage 2)."""
+    from evtp_cli.models.tiny_train import AppearanceProbe
+
+    net = _small_net(2 if stage == 2 else 1)
+    probe = AppearanceProbe(net.arch.vision_dim if stage == 1 else net.arch.llm_dim)
+    gen = torch.Generator().manual_seed(0)
+    if stage == 1:
+        batch = make_batch([11, 0, 0], 0, batch=3, size=32, frames=1, max_objects=3, key_frames="1")
+        step = lambda b: stage1_step(net, b, gen, probe, 1.0)  # noqa: E731
+        trained = net.vision.stem1[0].weight
+    else:
+        for module in (net.vision, net.mask_head, net.attributes):
+            module.requires_grad_(False)
+        batch = make_batch([11, 1, 0], 0, batch=2, size=32, frames=4, max_objects=3, key_frames="first-2")
+        step = lambda b: stage2_step(net, b, appearance=probe, appearance_weight=1.0)  # noqa: E731
+        trained = net.projector.net[0].weight
+    before = trained.detach().clone()
+    params = [p for p in [*net.parameters(), *probe.parameters()] if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    looks = []
+    for _ in range(10):
+        out = step(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        looks.append(float(out["look"].detach()))
+    assert looks[-1] < 0.8 * looks[0]
+    assert not torch.equal(trained, before)

@@ -56,6 +56,31 @@ class LLMProbes(nn.Module):
         self.vis = nn.Linear(dim, len(COLOURS) + 1 + len(SHAPES) + 1 + 1 + len(MOTIONS))
 
 
+class AppearanceProbe(nn.Module):
+    """Training-only linear read-out of each token's own patch of pixels (never shipped).
+
+    Trained on pointing and segmentation alone, tiny-ivs maps every background patch to one token: the
+    mean (1 - cos)/2 between two background tokens at the LLM input is below 0.0005, where pretrained
+    vision towers (trained to describe whole images) keep textured background tokens apart and carry
+    their position. Asking the encoder's tokens (stage 1) and the projector's outputs (stage 2) to keep
+    their patch's appearance makes the token geometry that pruners measure closer to the real models'.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.read = nn.Linear(dim, 3 * PATCH * PATCH)
+
+
+def patch_pixels(images: torch.Tensor) -> torch.Tensor:
+    """images [B, 3, H, W] in [0, 1] -> each token's patch [B, (H/PATCH)*(W/PATCH), 3*PATCH*PATCH], normalised as the encoder's input."""
+    return F.unfold((images - 0.45) / 0.25, PATCH, stride=PATCH).transpose(1, 2)
+
+
+def appearance_loss(probe: AppearanceProbe, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the probe's read-out of tokens [B, N, C] against the patches of images [B, 3, H, W]."""
+    return F.mse_loss(probe.read(tokens), patch_pixels(images))
+
+
 @dataclass
 class Batch:
     images: torch.Tensor  # [B*T, 3, H, W] every frame
@@ -144,7 +169,8 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice.mean()
 
 
-def stage1_step(net: TinyIVSNet, batch: Batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def stage1_step(net: TinyIVSNet, batch: Batch, gen: torch.Generator, appearance: AppearanceProbe | None = None,
+                appearance_weight: float = 0.0) -> dict[str, torch.Tensor]:
     bsz, t = len(batch.targets), batch.frames
     size = batch.images.shape[-1]
     h = w = size // PATCH
@@ -184,7 +210,11 @@ def stage1_step(net: TinyIVSNet, batch: Batch, gen: torch.Generator) -> dict[str
         pred = logits > 0
         iou = ((pred & (gt > 0)).sum((-1, -2)).float() / ((pred | (gt > 0)).sum((-1, -2)).float().clamp(min=1))).mean()
     total = loss_mask + 0.3 * loss_attr + 0.3 * loss_size + 2.0 * loss_off
-    return {"loss": total, "mask": loss_mask, "attr": loss_attr, "off": loss_off, "iou": iou}
+    out = {"mask": loss_mask, "attr": loss_attr, "off": loss_off, "iou": iou}
+    if appearance is not None:
+        out["look"] = appearance_loss(appearance, tokens, batch.images)
+        total = total + appearance_weight * out["look"]
+    return {"loss": total, **out}
 
 
 def llm_forward(
@@ -264,7 +294,8 @@ def pointer_targets(owner: torch.Tensor, cov: torch.Tensor, targets: torch.Tenso
 
 
 def stage2_step(
-    net: TinyIVSNet, batch: Batch, probes: LLMProbes | None = None, motion_weight: float = 1.0, point_later: bool = False
+    net: TinyIVSNet, batch: Batch, probes: LLMProbes | None = None, motion_weight: float = 1.0, point_later: bool = False,
+    appearance: AppearanceProbe | None = None, appearance_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """One stage-2 step. With `point_later`, a video's pointer targets are the target's tokens in key frames
     after the first, the ones that (under causal attention) can see how their object moves."""
@@ -289,6 +320,10 @@ def stage2_step(
     if probes is not None:
         out["probe"] = probe_losses(probes, batch, seg_hidden, vis_hidden.view(bsz, kf, h * w, -1).flatten(1, 2), owner, inst, motion_weight)
         total = total + out["probe"]
+    if appearance is not None:  # a group of frames is read out as its first frame, where it is labelled too
+        firsts = key_images.view(bsz, len(keys), *key_images.shape[1:])[:, :: net.arch.temporal_patch]
+        out["look"] = appearance_loss(appearance, proj.flatten(0, 1), firsts.flatten(0, 1))
+        total = total + appearance_weight * out["look"]
     with torch.no_grad():
         out["hit"] = positive[torch.arange(bsz), logits.argmax(1)].float().mean()
     return {"loss": total, **out}
@@ -356,7 +391,11 @@ def train(args: argparse.Namespace) -> Path:
             module.requires_grad_(False)
         if args.probes:
             probes = LLMProbes(net.arch.llm_dim)
-    params = [p for p in net.parameters() if p.requires_grad] + ([] if probes is None else list(probes.parameters()))
+    appearance = None
+    if args.appearance > 0:
+        appearance = AppearanceProbe(net.arch.vision_dim if args.stage == 1 else net.arch.llm_dim)
+    params = [p for p in net.parameters() if p.requires_grad]
+    params += [p for extra in (probes, appearance) if extra is not None for p in extra.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -382,7 +421,10 @@ def train(args: argparse.Namespace) -> Path:
             est_total = int(rate * budget)
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, est_total, args.lr)
-        out_step = stage1_step(net, batch, gen) if args.stage == 1 else stage2_step(net, batch, probes, args.motion_weight, bool(args.point_later))
+        if args.stage == 1:
+            out_step = stage1_step(net, batch, gen, appearance, args.appearance)
+        else:
+            out_step = stage2_step(net, batch, probes, args.motion_weight, bool(args.point_later), appearance, args.appearance)
         opt.zero_grad(set_to_none=True)
         out_step["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -397,7 +439,7 @@ def train(args: argparse.Namespace) -> Path:
             log.write(line + "\n")
             log.flush()
     path = out / f"stage{args.stage}.safetensors"
-    recipe = {"seed": args.seed, "batch": args.batch, "lr": args.lr, "max_objects": args.max_objects}
+    recipe = {"seed": args.seed, "batch": args.batch, "lr": args.lr, "max_objects": args.max_objects, "appearance": args.appearance}
     if args.stage == 2:
         recipe.update(video_fraction=args.video_fraction, key_frames=args.key_frames, probes=args.probes,
                       motion_weight=args.motion_weight, point_later=args.point_later, temporal_patch=args.temporal_patch)
@@ -431,6 +473,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--point-later", type=int, default=1, help="stage 2: video pointer targets only after the first key frame (1) or in all (0)")
     parser.add_argument("--temporal-patch", type=int, default=2,
                         help="stage 2: consecutive key frames merged into one LLM token per position (Qwen2.5-VL: 2)")
+    parser.add_argument("--appearance", type=float, default=0.0,
+                        help="weight of the training-only patch read-out (AppearanceProbe) on the encoder's tokens (stage 1) and the projector's outputs (stage 2); 0: off")
     parser.add_argument("--init", default="")
     parser.add_argument("--out", default="runs/tiny")
     parser.add_argument("--log-every", type=int, default=25)
