@@ -21,7 +21,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from evtp_cli.bench import resume as rs
 from evtp_cli.bench.evaluate import select_pre_llm
@@ -30,6 +29,7 @@ from evtp_cli.data.synthetic import generate_scene
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models import load_model
 from evtp_cli.pruners import get_pruner
+from token_geometry import cosine_distances, pair_means  # noqa: E402 (benchmarks/, the script's own folder)
 
 
 def main() -> None:
@@ -64,16 +64,8 @@ def main() -> None:
         masks = scene.instance_masks[:, 0]
         objects, height, width = masks.shape
         inside = masks.reshape(objects, grid, height // grid, grid, width // grid).mean((2, 4)).reshape(objects, n)
-        unit = torch.nn.functional.normalize(tokens.features.float(), dim=-1)
-        distance = ((1 - unit @ unit.T) / 2).numpy()
-        background = inside.sum(0) == 0
-        cores = [inside[o] >= 0.5 for o in range(objects)]
-        pairs["background-background"].append(distance[np.ix_(background, background)].mean())
-        for o, core in enumerate(cores):
-            if core.any():
-                pairs["object-background"].append(distance[np.ix_(core, background)].mean())
-                pairs["same object"].append(distance[np.ix_(core, core)].mean())
-                pairs["other object"] += [distance[np.ix_(core, other)].mean() for other in cores[o + 1:] if other.any()]
+        for kind, values in pair_means(cosine_distances(tokens.features), inside).items():
+            pairs[kind] += values
         for name, pruner in pruners.items():
             if (name, index) not in iou:
                 stats[name]["not scored"].append(index)
