@@ -62,8 +62,10 @@ class AppearanceProbe(nn.Module):
     Trained on pointing and segmentation alone, tiny-ivs maps every background patch to one token: the
     mean (1 - cos)/2 between two background tokens at the LLM input is below 0.0005, where pretrained
     vision towers (trained to describe whole images) keep textured background tokens apart and carry
-    their position. Asking the encoder's tokens (stage 1) and the projector's outputs (stage 2) to keep
-    their patch's appearance makes the token geometry that pruners measure closer to the real models'.
+    their position. This asks the encoder's tokens (stage 1) and the projector's outputs (stage 2) to keep
+    their patch's appearance, to bring the token geometry that pruners measure closer to the real models'.
+    Measured (`--appearance 1`): the read-out learns the patches, but background tokens stay almost parallel
+    (0.00081), so it is off in the shipped recipe (evtp_cli/assets/README.md, "Tried, not shipped").
     """
 
     def __init__(self, dim: int):
