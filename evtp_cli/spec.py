@@ -160,7 +160,7 @@ def build_config(config_cls: type[C], options: dict[str, Any], owner: str, name:
     if unknown:
         known = ", ".join(fields) or "(none)"
         raise SpecError(f"unknown option {unknown[0]!r} for {owner}; known options: {known}")
-    missing = [name for name, f in fields.items() if name not in options
+    missing = [key for key, f in fields.items() if key not in options
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
     if missing:
         example = ",".join(f"{key}=..." for key in missing)
