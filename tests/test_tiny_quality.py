@@ -15,7 +15,19 @@ from __future__ import annotations
 
 import pytest
 
-from evtp_cli.bench.quality import BARS, BASELINES, CASES, RATIOS, RecordLog, Scores, case_scores, judge, not_worse
+from evtp_cli.bench.quality import (
+    BARS,
+    BASELINES,
+    CASES,
+    RATIOS,
+    RecordLog,
+    Scores,
+    bars_on_rows,
+    case_scores,
+    judge,
+    not_worse,
+    setting_label,
+)
 from evtp_cli.models import load_model
 
 # (dataset, bar) pairs that the shipped tiny-ivs weights and EVTP defaults miss (measured; see the module docstring)
@@ -72,3 +84,78 @@ def test_evtp_not_worse_beyond_noise(evaluated, dataset_spec, ratio, name):
     _, records = evaluated(dataset_spec)
     ok, measured = not_worse(records, name, ratio)
     assert ok, measured
+
+
+# --- the bars judged on finished rows (benchmarks/bars_on_runs.py): by hand, no model needed ---------------
+
+
+def _row(dataset, task, pruner, ratio, value):
+    metric = {"image": "giou", "video": "JF"}[task]
+    return {"model": "m", "dataset": dataset, "task": task, "pruner": pruner, "ratio": ratio, "giou": None, "JF": None, metric: value}
+
+
+def test_setting_label_folds_spellings_of_one_setting():
+    assert setting_label("evtp") == "evtp"
+    assert setting_label("evtp:mode=per-frame,spatial_weight=0.5,info_weight=1") == "evtp"  # all defaults
+    assert setting_label("evtp:mode=global,spatial_weight=0.25") == "evtp:spatial_weight=0.25,mode=global"  # config order
+    assert setting_label("kcenter") == "kcenter"
+
+
+def test_bars_on_rows_by_hand():
+    rows = [
+        _row("img", "image", "none", 1.0, 1.0),
+        _row("img", "image", "evtp", 0.1, 0.90),
+        _row("img", "image", "evtp:spatial_weight=0.5,mode=per-frame", 0.1, 0.90),  # the default spelled out: one setting
+        _row("img", "image", "evtp:spatial_weight=0.25", 0.1, 0.80),
+        _row("img", "image", "kcenter", 0.1, 0.85),
+        _row("img", "image", "divprune", 0.1, 0.90),  # a tie holds, as in `judge`
+        _row("img", "image", "random", 0.1, 0.99),  # not a baseline asked for
+        _row("img", "image", "evtp", 0.3, 0.10),  # not a ratio asked for
+        _row("img", "image", "kcenter", 0.3, 0.95),
+        _row("vid", "video", "evtp", 0.1, 0.70),  # J&F, not gIoU, on video
+        _row("vid", "video", "kcenter", 0.1, 0.71),
+    ]
+    checks = bars_on_rows(rows, "evtp", ["kcenter", "divprune"], [0.1, 0.2])
+    found = {(c.setting, c.dataset, c.baseline): (c.ours, c.theirs, c.holds) for c in checks}
+    assert found == {
+        ("evtp", "img", "kcenter"): (0.90, 0.85, True),
+        ("evtp", "img", "divprune"): (0.90, 0.90, True),
+        ("evtp:spatial_weight=0.25", "img", "kcenter"): (0.80, 0.85, False),
+        ("evtp:spatial_weight=0.25", "img", "divprune"): (0.80, 0.90, False),
+        ("evtp", "vid", "kcenter"): (0.70, 0.71, False),  # no divprune row on video: no check
+    }
+
+
+def test_bars_on_rows_refuses_one_setting_with_two_results():
+    rows = [_row("img", "image", "evtp", 0.1, 0.9), _row("img", "image", "evtp:spatial_weight=0.5", 0.1, 0.8),
+            _row("img", "image", "kcenter", 0.1, 0.85)]
+    with pytest.raises(ValueError, match="ran twice with different results"):
+        bars_on_rows(rows)
+
+
+def test_bars_on_runs_script(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bars_on_runs.py"
+    spec = importlib.util.spec_from_file_location("bars_on_runs", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [_row("img", "image", "evtp", 0.1, 0.90), _row("img", "image", "evtp:spatial_weight=1", 0.1, 0.70),
+            _row("img", "image", "kcenter", 0.1, 0.85)]
+    (run / "results.json").write_text(json.dumps({"meta": {}, "rows": rows}))
+    monkeypatch.setattr(sys, "argv", ["bars_on_runs.py", str(run), "--baselines", "kcenter"])
+    module.main()
+    out = capsys.readouterr().out
+    assert "| evtp | 1 of 1 | 0.900 | 0 |" in out
+    assert "| evtp:spatial_weight=1.0 | 0 of 1 | 0.700 | 1 |" in out
+    assert "| evtp:spatial_weight=1.0 | run: img | 0.1 | kcenter | 0.7000 | 0.8500 |" in out
+    for argv in ([str(tmp_path / "missing")], [str(run), "--ratios", "0.1,x"], [str(run), "--candidate", "tome"]):
+        monkeypatch.setattr(sys, "argv", ["bars_on_runs.py", *argv])
+        with pytest.raises(SystemExit) as stop:
+            module.main()
+        assert stop.value.code == 2

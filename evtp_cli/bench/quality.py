@@ -11,11 +11,15 @@ Bars, per case:
 
 Beside the bars, a weaker check that the bars do not replace: EVTP is not worse than NAME at R beyond
 noise (the paired comparison of EVTP − NAME does not say `worse`: evtp_cli.bench.paired; `not_worse`).
+
+`bars_on_rows` judges the "EVTP ≥ NAME" bars on finished result rows instead, for every EVTP setting a
+sweep ran (e.g. the validation ablation, where the defaults are chosen: `benchmarks/bars_on_runs.py`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Iterable
 
 from evtp_cli.bench.evaluate import REFERENCE, Setting, evaluate_dataset
 
@@ -110,3 +114,71 @@ def markdown_table(scores: dict[str, Scores]) -> str:
             cells.append(f"{ours}: ✗ loses to {', '.join(losses)}" if losses else f"{ours}: ✓ all")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class BarCheck:
+    """One "setting ≥ baseline" comparison on one model × dataset × keep ratio of finished rows."""
+
+    setting: str
+    model: str
+    dataset: str
+    ratio: float
+    baseline: str
+    ours: float
+    theirs: float
+
+    @property
+    def holds(self) -> bool:
+        return self.ours >= self.theirs  # the same strict reading as `judge`
+
+
+def setting_label(spec: str) -> str:
+    """A pruner spec as its name plus only the options that differ from the defaults, in the config's order,
+    so that two spellings of one setting (option order, defaults written out) get one label."""
+    from evtp_cli.pruners import PRUNERS
+    from evtp_cli.spec import parse_spec
+
+    name = parse_spec(spec).name
+    config, default = PRUNERS.config_of(spec), PRUNERS.config_of(name)
+    changed = [f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config)
+               if getattr(config, f.name) != getattr(default, f.name)]
+    return f"{name}:{','.join(changed)}" if changed else name
+
+
+def bars_on_rows(
+    rows: Iterable[dict[str, Any]],
+    candidate: str = "evtp",
+    baselines: Iterable[str] = ("kcenter", "divprune"),
+    ratios: Iterable[float] = RATIOS,
+) -> list[BarCheck]:
+    """Every "setting ≥ baseline" check the rows allow: each setting of the `candidate` pruner against each
+    baseline, per model × dataset × ratio where both ran, on the task's primary metric (gIoU or J&F).
+    Rows of one setting spelled twice in one cell must agree (a run is deterministic); the first is used."""
+    from evtp_cli.bench.report import PRIMARY_METRIC
+    from evtp_cli.spec import parse_spec
+
+    wanted_ratios = {float(r) for r in ratios}
+    wanted_baselines = list(baselines)
+    cells: dict[tuple[str, str, float], dict[str, float]] = {}
+    for row in rows:
+        ratio = float(row["ratio"])
+        name = parse_spec(row["pruner"]).name
+        if ratio not in wanted_ratios or name not in (candidate, *wanted_baselines):
+            continue
+        value = row.get(PRIMARY_METRIC.get(row.get("task"), "giou"))
+        if value is None:
+            continue
+        label = setting_label(row["pruner"])
+        cell = cells.setdefault((row["model"], row["dataset"], ratio), {})
+        if label in cell and cell[label] != float(value):
+            raise ValueError(f"{row['dataset']} @ {ratio:g}: {label!r} ran twice with different results ({cell[label]} and {value})")
+        cell.setdefault(label, float(value))
+    checks = []
+    for (model, dataset, ratio), cell in cells.items():
+        settings = [label for label in cell if parse_spec(label).name == candidate]
+        for setting in settings:
+            for baseline in wanted_baselines:
+                if baseline in cell:
+                    checks.append(BarCheck(setting, model, dataset, ratio, baseline, cell[setting], cell[baseline]))
+    return checks
