@@ -69,6 +69,19 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, args, expected):
     assert not (tmp_path / "out").exists(), "bad input is caught before the output folder is made"
 
 
+@pytest.mark.parametrize("command", ["prune-eval", "sweep-ratios"])
+def test_a_dataset_without_samples_is_bad_input(capsys, tmp_path, command):
+    """An exported ReasonSeg folder holds short queries only, so query=long matches none: that is a
+    mistake in the options, not a run with empty rows and exit 0."""
+    code, _, err = cli(capsys, "make-synthetic", "--format", "reasonseg", "-n", "2", "--out", str(tmp_path / "rs"))
+    assert code == 0, err
+    spec = f"reasonseg:root={tmp_path / 'rs'},split=val,query=long"
+    code, _, err = cli(capsys, command, "-d", spec, "-o", str(tmp_path / "out"))
+    assert code == 2 and len(lines(err)) == 1, err
+    assert "has no samples" in err and "evtp list reasonseg" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_unwritable_output_folder(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

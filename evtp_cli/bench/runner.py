@@ -149,13 +149,19 @@ def _prediction_writer(out: Path, dataset: Any) -> Callable[[Setting], Any]:
 
 
 def open_dataset(spec: str) -> Any:
-    """load_dataset, with a reader's multi-line message (path + expected layout) folded into one line."""
+    """load_dataset, with a reader's multi-line message (path + expected layout) folded into one line;
+    a dataset without samples is an error, so that a run never ends "successfully" with empty rows."""
     from evtp_cli.data import load_dataset
 
     try:
-        return load_dataset(spec)
+        dataset = load_dataset(spec)
     except DataError as exc:
         raise DataError(one_line(str(exc))) from None
+    if len(dataset) == 0:
+        name = spec.partition(":")[0]
+        raise DataError(f"dataset {spec!r} has no samples: check its root and options "
+                        f"(`evtp list {name}` shows them, e.g. the split or query filter)")
+    return dataset
 
 
 def one_line(message: str) -> str:
