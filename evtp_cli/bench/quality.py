@@ -172,7 +172,9 @@ def bars_on_rows(
         label = setting_label(row["pruner"])
         cell = cells.setdefault((row["model"], row["dataset"], ratio), {})
         if label in cell and cell[label] != float(value):
-            raise ValueError(f"{row['dataset']} @ {ratio:g}: {label!r} ran twice with different results ({cell[label]} and {value})")
+            raise ValueError(f"{row['dataset']} @ {ratio:g}: {label!r} ran twice with different results ({cell[label]} and "
+                             f"{value}); settings are read with today's defaults, so a run made under other defaults "
+                             "must spell every option out")
         cell.setdefault(label, float(value))
     checks = []
     for (model, dataset, ratio), cell in cells.items():

@@ -1,4 +1,4 @@
-"""Result files (DESIGN.md, results contract): results.json, results.csv and samples.jsonl.
+"""Result files (docs/reports.md, "What a run folder holds"): results.json, results.csv and samples.jsonl.
 
 `samples.jsonl` is appended and flushed one record at a time, so a run that dies loses nothing it
 finished; `results.json` / `results.csv` are written whole at the end (atomically via a temporary file).

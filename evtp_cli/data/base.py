@@ -1,4 +1,4 @@
-"""The sample contract (DESIGN.md) and the dataset base class."""
+"""The sample contract (docs/extending.md, "A new dataset") and the dataset base class."""
 
 from __future__ import annotations
 

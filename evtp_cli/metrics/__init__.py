@@ -1,4 +1,4 @@
-"""Segmentation metrics (numpy bool masks [H, W]) and latency timing. See DESIGN.md, metrics contract."""
+"""Segmentation metrics (numpy bool masks [H, W]) and latency timing. Definitions: docs/datasets.md (gIoU/cIoU, J/F/J&F)."""
 
 from evtp_cli.metrics.segmentation import (
     IoUAccumulator,

@@ -1,4 +1,4 @@
-"""The pruner contract (DESIGN.md): `select(features [N, d], coords [N, 3], k, context) -> LongTensor [k]`.
+"""The pruner contract (docs/extending.md, "A new pruner"): `select(features [N, d], coords [N, 3], k, context) -> LongTensor [k]`.
 
 Indices are unique and sorted ascending so that kept tokens keep their original order. The base class
 validates inputs and outputs once, so every method file only writes its rule in `_select`.
