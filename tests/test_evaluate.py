@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from evtp_cli.bench.evaluate import REFERENCE, Setting, add_speedups, evaluate_dataset, sample_seed
+from evtp_cli.bench.evaluate import REFERENCE, Setting, add_speedups, evaluate_dataset, sample_seed, score_sample
 from evtp_cli.bench.results import SampleLog
 from evtp_cli.data import load_dataset
 from evtp_cli.models.base import IVSModel, Prediction, VisualTokens
@@ -99,3 +99,15 @@ def test_failed_sample_is_recorded_and_excluded(tmp_path):
 
 def test_sample_seed_is_stable():
     assert sample_seed(0, "a") == sample_seed(0, "a") != sample_seed(1, "a")
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (2, 8, 8)])
+def test_ground_truth_off_the_sample_contract_is_blamed_on_the_dataset(shape):
+    """[H, W] instead of [T, H, W], or a frame count other than the sample's: the reader's bug, said as such."""
+    from evtp_cli.data.base import Sample
+    from evtp_cli.metrics import IoUAccumulator, JFAccumulator
+
+    frame = np.zeros((8, 8, 3), np.uint8)
+    sample = Sample(id="s", task="image", text="x", frames=[frame], masks=np.zeros(shape, bool))
+    with pytest.raises(ValueError, match=r"the dataset's ground truth has shape .*wants bool \[T, H, W\] with T = 1 frames"):
+        score_sample(sample, np.zeros((1, 8, 8), bool), IoUAccumulator(), JFAccumulator())

@@ -142,6 +142,9 @@ def score_sample(sample: Sample, masks: np.ndarray, iou: IoUAccumulator, jf: JFA
     """Add one prediction to the task's accumulator and return its per-sample metrics."""
     if sample.masks is None:
         return {}
+    if sample.masks.ndim != 3 or sample.masks.shape[0] != sample.num_frames:  # blame the reader, not the model
+        raise ValueError(f"the dataset's ground truth has shape {sample.masks.shape}; the sample contract wants "
+                         f"bool [T, H, W] with T = {sample.num_frames} frames")
     if masks.shape != sample.masks.shape:
         raise ValueError(f"prediction shape {masks.shape} differs from ground truth {sample.masks.shape}")
     if sample.task == "image":
