@@ -30,6 +30,7 @@ from evtp_cli.errors import PrunerNotApplicable
 from evtp_cli.pruners import get_pruner, list_pruners
 from evtp_cli.pruners.base import frame_index, keep_count
 from evtp_cli.pruners.divprune import divprune_reference
+from evtp_cli.pruners import evtp as evtp_module
 from evtp_cli.pruners.evtp import evtp_select, evtp_select_reference
 
 
@@ -96,6 +97,20 @@ def raise_(err: Exception) -> None:
     raise err
 
 
+def rows_only(fn: Callable[[], object]) -> Callable[[], object]:
+    """`fn` with EVTP's CPU fast path held to rows built on demand, whatever the size (no whole matrix)."""
+
+    def call() -> object:
+        saved = evtp_module.CPU_MATRIX_ENTRIES_PER_STEP
+        evtp_module.CPU_MATRIX_ENTRIES_PER_STEP = 0
+        try:
+            return fn()
+        finally:
+            evtp_module.CPU_MATRIX_ENTRIES_PER_STEP = saved
+
+    return call
+
+
 def methods(features: torch.Tensor, coords: torch.Tensor, k: int, with_torch_loop: bool) -> list[tuple[str, Callable[[], object], bool]]:
     """(name, call, is_reference) for every method timed at one size."""
     frame_ids = frame_index(coords)
@@ -112,6 +127,8 @@ def methods(features: torch.Tensor, coords: torch.Tensor, k: int, with_torch_loo
     if with_torch_loop:  # the same selection without the Triton kernel
         for mode in ("per-frame", "global"):
             out.append((f"evtp {mode}, torch loop", lambda m=mode: evtp_select(features, coords, k, frame_ids, mode=m, backend="torch"), False))
+    elif features.device.type == "cpu":  # the same selection without the whole-matrix form for small sizes
+        out.append(("evtp, rows only", rows_only(lambda: evtp_select(features, coords, k, frame_ids)), False))
     for mode in ("per-frame", "global"):
         out.append((f"evtp reference, {mode}", lambda m=mode: evtp_select_reference(features, coords, k, frame_ids, mode=m), True))
     out.append(("DivPrune rule (reference)", lambda: divprune_reference(features, k), True))

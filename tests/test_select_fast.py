@@ -1,8 +1,9 @@
 """The fast selection paths return exactly the indices of the straightforward ones.
 
-- `evtp_select` (batched greedy; on CPU rows built on demand) against `evtp_select_reference`
-  (full matrices, plain greedy, frame by frame), on random images and videos, both modes, several
-  λ/β/τ including 0 and 1, k from 1 to N-1, unequal and unsorted frames, duplicate tokens.
+- `evtp_select` (batched greedy; on CPU rows built on demand, or whole score matrices for small
+  selections: both forms are forced in turn by `cpu_form`) against `evtp_select_reference` (full
+  matrices, plain greedy, frame by frame), on random images and videos, both modes, several λ/β/τ
+  including 0 and 1, k from 1 to N-1, unequal and unsorted frames, duplicate tokens.
 - The property that makes this exact rather than likely: a distance row built alone has the bits of
   the same row of the full matrix, and the batched greedy over weighted rows equals the plain one.
 - DivPrune and kcenter, which share the fast greedy, against their references.
@@ -23,6 +24,7 @@ from conftest import grid_coords
 from evtp_cli.pruners import get_pruner
 from evtp_cli.pruners.base import PruneContext, frame_index
 from evtp_cli.pruners.divprune import divprune_reference
+from evtp_cli.pruners import evtp as evtp_module
 from evtp_cli.pruners.evtp import (
     allocate_budget,
     cosine_gram,
@@ -63,9 +65,17 @@ def _both(feats, coords, k, frame_ids, lam, beta, tau, mode, **fast):
 # EVTP: fast == reference
 
 
+@pytest.fixture(params=["rows", "matrix"])
+def cpu_form(request, monkeypatch):
+    """Force the CPU fast path's form, whatever the size: rows built on demand, or whole score matrices."""
+    monkeypatch.setattr(evtp_module, "CPU_MATRIX_ENTRIES_PER_STEP", 0 if request.param == "rows" else 1 << 40)
+    return request.param
+
+
 @pytest.mark.parametrize("frames,h,w,d", [(1, 6, 7, 16), (1, 12, 12, 64), (3, 5, 5, 32), (6, 6, 6, 24)])
 @pytest.mark.parametrize("mode", ["global", "per-frame"])
 @pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.usefixtures("cpu_form")
 def test_evtp_fast_equals_reference(frames, h, w, d, mode, setting):
     lam, beta, tau = setting
     for seed in range(2):
@@ -78,6 +88,7 @@ def test_evtp_fast_equals_reference(frames, h, w, d, mode, setting):
 
 
 @pytest.mark.parametrize("mode", ["global", "per-frame"])
+@pytest.mark.usefixtures("cpu_form")
 def test_evtp_fast_equals_reference_at_video_scale(mode):
     """16 frames of 64 tokens (N = 1024), keep 20%: long enough for near-ties to occur often."""
     for seed, (lam, beta, tau) in enumerate([(0.5, 0.0, 1.0), (0.2, 1.0, 3.0)]):
@@ -86,6 +97,7 @@ def test_evtp_fast_equals_reference_at_video_scale(mode):
         assert fast.tolist() == ref.tolist()
 
 
+@pytest.mark.usefixtures("cpu_form")
 def test_evtp_fast_equals_reference_at_benchmark_scale():
     """The benchmark's video (16 x 256 tokens, keep 819) in global mode, with a narrower d to stay quick."""
     feats, coords = _sample(16, 16, 16, 64, seed=7)
@@ -94,6 +106,7 @@ def test_evtp_fast_equals_reference_at_benchmark_scale():
 
 
 @pytest.mark.parametrize("mode", ["global", "per-frame"])
+@pytest.mark.usefixtures("cpu_form")
 def test_evtp_unequal_unsorted_frames(mode):
     """Frames of different sizes, interleaved in the input (frame ids from the context): padding path."""
     g = torch.Generator().manual_seed(3)
@@ -113,6 +126,7 @@ def test_evtp_unequal_unsorted_frames(mode):
 
 
 @pytest.mark.parametrize("mode", ["global", "per-frame"])
+@pytest.mark.usefixtures("cpu_form")
 def test_evtp_duplicate_tokens_and_exact_ties(mode):
     """Repeated features on an exact grid (tied spatial distances): same picks, unique indices."""
     g = torch.Generator().manual_seed(11)
@@ -136,6 +150,7 @@ def test_evtp_all_identical_tokens_pick_in_index_order():
     assert evtp_select_reference(feats, coords, 7, torch.zeros(20, dtype=torch.long), mode="global").tolist() == list(range(7))
 
 
+@pytest.mark.usefixtures("cpu_form")
 def test_evtp_adapter_uses_fast_path():
     feats, coords = _sample(4, 6, 6, 16, seed=5)
     ctx = PruneContext()

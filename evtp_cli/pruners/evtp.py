@@ -16,8 +16,8 @@ within each frame with (y, x) only.
 Related public code read for the greedy step: DivPrune (github.com/vbdi/divprune).
 
 Speed (docs/performance.md, "Selection speed"): `evtp_select` runs all frames as one batched greedy
-and, on CPU, builds distance rows only for the points it picks (k·N entries, not N²); on CUDA it runs
-the loop as one Triton kernel. `evtp_select_reference` is the straightforward form (full matrices,
+and, on CPU, builds distance rows only for the points it picks (k·N entries, not N²) where N is
+large, and the whole matrix where that is cheaper; on CUDA it runs the loop as one Triton kernel. `evtp_select_reference` is the straightforward form (full matrices,
 plain greedy, frame by frame). Both take their distances from the same functions, whose arithmetic
 gives the same bits for a single row as for the full matrix, so they return the same indices.
 """
@@ -270,6 +270,12 @@ def _problem(
     )
 
 
+# On CPU a greedy step on rows built on demand costs a few numpy calls (tens of µs) whatever the size,
+# while the whole score matrix costs a few ns per entry once: below this many entries per step, as for
+# tiny-ivs's 256 tokens or a 1024-token image at 20 %, the whole matrix is cheaper (docs/performance.md).
+CPU_MATRIX_ENTRIES_PER_STEP = 4096
+
+
 def _score_rows(p: _Problem) -> Callable[[np.ndarray], np.ndarray]:
     """Score rows for `greedy_rows` on CPU, built on demand in numpy: the greedy reads k of the N rows,
     so mixing in the spatial term costs k·N element operations instead of N², in small
@@ -320,8 +326,9 @@ def evtp_select(
     frame in per-frame mode.
 
     All frames are selected together as one batched greedy. On CPU, distance rows are built only for
-    chosen points; on CUDA the score matrices are built whole and the loop runs as one Triton kernel
-    where available. backend: "auto"; on CUDA "torch" or "triton" to force the loop's form (see
+    chosen points, unless the selection is small enough that the whole score matrices are cheaper
+    (CPU_MATRIX_ENTRIES_PER_STEP); on CUDA the score matrices are built whole and the loop runs as one
+    Triton kernel where available. backend: "auto"; on CUDA "torch" or "triton" to force the loop's form (see
     greedy.greedy_over_matrix); "reference" for the straightforward form (`evtp_select_reference`).
     """
     if backend not in ("auto", "torch", "triton", "reference"):
@@ -331,7 +338,10 @@ def evtp_select(
         return _select_reference(p)
     steps = max(p.budget)
     if features.device.type == "cpu" and backend != "triton":
-        picks = torch.from_numpy(greedy_rows(_score_rows(p), p.first.numpy(), steps))
+        if p.index.numel() * p.index.shape[1] <= CPU_MATRIX_ENTRIES_PER_STEP * steps:
+            picks = greedy_over_matrix(_score_matrix(p), p.first, steps)
+        else:
+            picks = torch.from_numpy(greedy_rows(_score_rows(p), p.first.numpy(), steps))
     else:
         picks = greedy_over_matrix(_score_matrix(p), p.first, steps, backend)
     budget = torch.tensor(p.budget, device=picks.device)
