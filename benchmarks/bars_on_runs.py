@@ -3,10 +3,13 @@
     python benchmarks/bars_on_runs.py runs/ablation-val runs/ablation-val-seed1 runs/ablation-val-crowded
 
 The validation ablation (docs/evtp.md, "Ablation") is where EVTP's defaults are chosen. This asks of each
-setting it ran what the test asks of the defaults (tests/test_tiny_quality.py): at every keep ratio, on
-every dataset, is the setting's gIoU or J&F at least the baseline's? Settings are told apart by their
-options that differ from the defaults, so two spellings of one setting count once. Prints one line per
-setting (checks held, mean over its cells, misses) and then every miss with both numbers.
+setting it ran what the test's "EVTP ≥ baseline" bars ask of the defaults (tests/test_tiny_quality.py):
+at every keep ratio, on every dataset, is the setting's gIoU or J&F at least the baseline's? By default
+against k-center and DivPrune; the test also has random and uniform (`--baselines
+kcenter,divprune,random,uniform`). Settings are told apart by their options that differ from today's
+defaults, so two spellings of one setting count once; a run made under other defaults must have spelled
+its options out. Prints one line per setting (checks held, mean over its cells, misses) and then every
+miss with both numbers.
 """
 
 from __future__ import annotations
@@ -17,6 +20,13 @@ from pathlib import Path
 from evtp_cli.bench.quality import RATIOS, bars_on_rows
 from evtp_cli.bench.results import read_results
 from evtp_cli.errors import EvtpError
+
+
+def run_labels(runs: list[Path]) -> list[str]:
+    """A short name per run (its folder's name, also for a results.json inside it), the whole path where
+    two runs would share one, so that different runs never fall into one cell."""
+    short = [(run.parent if run.suffix == ".json" else run).name for run in runs]
+    return [name if short.count(name) == 1 else str(run) for name, run in zip(short, runs)]
 
 
 def main() -> None:
@@ -32,8 +42,8 @@ def main() -> None:
         parser.error(f"--ratios {args.ratios!r}: give numbers separated by commas, e.g. 0.1,0.2")
     rows = []
     try:
-        for run in args.runs:
-            rows += [{**row, "dataset": f"{run.name}: {row['dataset']}"} for row in read_results(run)["rows"]]
+        for run, label in zip(args.runs, run_labels(args.runs)):
+            rows += [{**row, "dataset": f"{label}: {row['dataset']}"} for row in read_results(run)["rows"]]
         checks = bars_on_rows(rows, args.candidate, args.baselines.split(","), ratios)
     except (EvtpError, ValueError) as exc:
         parser.exit(2, f"error: {exc}\n")

@@ -128,7 +128,8 @@ def methods(features: torch.Tensor, coords: torch.Tensor, k: int, with_torch_loo
         for mode in ("per-frame", "global"):
             out.append((f"evtp {mode}, torch loop", lambda m=mode: evtp_select(features, coords, k, frame_ids, mode=m, backend="torch"), False))
     elif features.device.type == "cpu":  # the same selection without the whole-matrix form for small sizes
-        out.append(("evtp, rows only", rows_only(lambda: evtp_select(features, coords, k, frame_ids)), False))
+        default = get_pruner("evtp")
+        out.append(("evtp, rows only", rows_only(lambda: default.select(features, coords, k)), False))
     for mode in ("per-frame", "global"):
         out.append((f"evtp reference, {mode}", lambda m=mode: evtp_select_reference(features, coords, k, frame_ids, mode=m), True))
     out.append(("DivPrune rule (reference)", lambda: divprune_reference(features, k), True))

@@ -111,3 +111,38 @@ def test_ground_truth_off_the_sample_contract_is_blamed_on_the_dataset(shape):
     sample = Sample(id="s", task="image", text="x", frames=[frame], masks=np.zeros(shape, bool))
     with pytest.raises(ValueError, match=r"the dataset's ground truth has shape .*wants bool \[T, H, W\] with T = 1 frames"):
         score_sample(sample, np.zeros((1, 8, 8), bool), IoUAccumulator(), JFAccumulator())
+
+
+def test_ground_truth_off_the_contract_fails_the_sample_before_the_model_runs(tmp_path):
+    class Bad2D:  # a reader that returns [H, W] ground truth for its second sample
+        name, split, task = "bad", "test", "image"
+
+        def __init__(self):
+            self.inner = load_dataset("synthetic-image:n=3")
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, i):
+            sample = self.inner[i]
+            if i == 1:
+                sample.masks = sample.masks[0]
+            return sample
+
+        def sample_id(self, i):
+            return self.inner.sample_id(i)
+
+    encoded = []
+
+    class Counting(OracleIfSeen):
+        def encode(self, sample, timer):
+            encoded.append(sample.id)
+            return super().encode(sample, timer)
+
+    with SampleLog(tmp_path / "s.jsonl") as log:
+        rows = evaluate_dataset(Counting(OracleIfSeen.Config()), Bad2D(), _settings(["uniform"], [0.5]), warmup=0, log=log)
+    bad = Bad2D().sample_id(1)
+    assert all(r["n_samples"] == 2 and r["n_failed"] == 1 for r in rows)
+    assert bad not in encoded and len(encoded) == 2 * 2  # two good samples × two settings
+    failed = [json.loads(l) for l in (tmp_path / "s.jsonl").read_text().splitlines() if '"failed"' in l]
+    assert {f["id"] for f in failed} == {bad} and "the dataset's ground truth has shape" in failed[0]["reason"]

@@ -38,7 +38,7 @@ def plugin(tmp_path, monkeypatch):
     found = [importlib.metadata.EntryPoint(name=name, value=value, group=group)]
     real = importlib.metadata.entry_points
     monkeypatch.setattr(importlib.metadata, "entry_points",
-                        lambda group=None, **kw: [ep for ep in found if ep.group == group] or real(group=group, **kw))
+                        lambda **kw: [ep for ep in found if ep.group == kw.get("group")] or real(**kw))
     monkeypatch.setattr(PRUNERS, "_entries", dict(PRUNERS._entries))
     monkeypatch.setattr(PRUNERS, "_entry_points_loaded", False)
     return name

@@ -141,6 +141,19 @@ def test_evtp_duplicate_tokens_and_exact_ties(mode):
             assert torch.unique(fast).numel() == k
 
 
+@pytest.mark.parametrize("frames,side,k,form", [(1, 16, 51, "matrix"), (1, 32, 205, "rows"), (16, 16, 819, "rows")])
+def test_cpu_form_by_default(monkeypatch, frames, side, k, form):
+    """Which form the default threshold takes: tiny-ivs's 256 tokens at 20 % the whole matrix; a 1024-token
+    image at 20 % and the benchmark's per-frame video rows built on demand (docs/performance.md)."""
+    used = []
+    for name in ("_score_matrix", "_score_rows"):
+        real = getattr(evtp_module, name)
+        monkeypatch.setattr(evtp_module, name, lambda p, real=real, name=name: used.append(name) or real(p))
+    feats, coords = _sample(frames, side, side, 8, seed=0)
+    evtp_select(feats, coords, k, frame_index(coords))
+    assert used == ["_score_matrix" if form == "matrix" else "_score_rows"]
+
+
 def test_evtp_all_identical_tokens_pick_in_index_order():
     """All distances 0: every step ties, and ties go to the lowest index not yet chosen."""
     coords = torch.zeros(20, 3)

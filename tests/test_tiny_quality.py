@@ -154,6 +154,17 @@ def test_bars_on_runs_script(tmp_path, monkeypatch, capsys):
     assert "| evtp | 1 of 1 | 0.900 | 0 |" in out
     assert "| evtp:spatial_weight=1.0 | 0 of 1 | 0.700 | 1 |" in out
     assert "| evtp:spatial_weight=1.0 | run: img | 0.1 | kcenter | 0.7000 | 0.8500 |" in out
+    # two runs whose folders share a name, given as results.json files: each keeps its own cells
+    other = tmp_path / "other" / "run"
+    other.mkdir(parents=True)
+    (other / "results.json").write_text(json.dumps({"meta": {}, "rows": [_row("img", "image", "evtp", 0.1, 0.80),
+                                                                         _row("img", "image", "kcenter", 0.1, 0.85)]}))
+    assert module.run_labels([run / "results.json", other / "results.json"]) == [str(run / "results.json"), str(other / "results.json")]
+    assert module.run_labels([run / "results.json", tmp_path / "other"]) == ["run", "other"]
+    monkeypatch.setattr(sys, "argv", ["bars_on_runs.py", str(run / "results.json"), str(other / "results.json"), "--baselines", "kcenter"])
+    module.main()
+    out = capsys.readouterr().out
+    assert "| evtp | 1 of 2 | 0.850 | 1 |" in out  # 0.90 ≥ 0.85 in one run, 0.80 < 0.85 in the other
     for argv in ([str(tmp_path / "missing")], [str(run), "--ratios", "0.1,x"], [str(run), "--candidate", "tome"]):
         monkeypatch.setattr(sys, "argv", ["bars_on_runs.py", *argv])
         with pytest.raises(SystemExit) as stop:

@@ -138,13 +138,19 @@ def prefill_gflops(model: IVSModel, per_layer: list[int], text_tokens: int) -> f
     return sum(model.prefill_flops(int(c) + int(text_tokens)) for c in per_layer) / len(per_layer) / 1e9
 
 
+def check_ground_truth(sample: Sample) -> None:
+    """The sample contract's masks: bool [T, H, W], one per frame. A reader that breaks it is named as the
+    cause, before the model runs, rather than as a prediction that does not match."""
+    if sample.masks is not None and (sample.masks.ndim != 3 or sample.masks.shape[0] != sample.num_frames):
+        raise ValueError(f"the dataset's ground truth has shape {sample.masks.shape}; the sample contract wants "
+                         f"bool [T, H, W] with T = {sample.num_frames} frames")
+
+
 def score_sample(sample: Sample, masks: np.ndarray, iou: IoUAccumulator, jf: JFAccumulator) -> dict[str, float]:
     """Add one prediction to the task's accumulator and return its per-sample metrics."""
     if sample.masks is None:
         return {}
-    if sample.masks.ndim != 3 or sample.masks.shape[0] != sample.num_frames:  # blame the reader, not the model
-        raise ValueError(f"the dataset's ground truth has shape {sample.masks.shape}; the sample contract wants "
-                         f"bool [T, H, W] with T = {sample.num_frames} frames")
+    check_ground_truth(sample)
     if masks.shape != sample.masks.shape:
         raise ValueError(f"prediction shape {masks.shape} differs from ground truth {sample.masks.shape}")
     if sample.task == "image":
@@ -311,6 +317,8 @@ TEXT_TOKENS = 12  # a typical instruction length, for the analytic prefill FLOPs
 
 def _evaluate_one(model: IVSModel, sample: Sample, acc: _Accumulators, seed: int, warm: bool, score: bool = True) -> SampleOutcome | None:
     try:
+        if score:
+            check_ground_truth(sample)
         if warm:  # the first call pays lazy initialisation; not timed
             run_sample(model, sample, acc.pruner, acc.setting.ratio, seed)
         prediction, ms, total, kept = run_sample(model, sample, acc.pruner, acc.setting.ratio, seed)

@@ -271,8 +271,9 @@ def _problem(
 
 
 # On CPU a greedy step on rows built on demand costs a few numpy calls (tens of µs) whatever the size,
-# while the whole score matrix costs a few ns per entry once: below this many entries per step, as for
-# tiny-ivs's 256 tokens or a 1024-token image at 20 %, the whole matrix is cheaper (docs/performance.md).
+# while the whole score matrix costs a few ns per entry once: up to this many entries per step (tiny-ivs's
+# 256 tokens at k >= 16; not a 1024-token image at 20 %, 1024²/205 ≈ 5100) the matrix is cheaper
+# (docs/performance.md).
 CPU_MATRIX_ENTRIES_PER_STEP = 4096
 
 
