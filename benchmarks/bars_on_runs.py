@@ -7,9 +7,10 @@ setting it ran what the test's "EVTP ≥ baseline" bars ask of the defaults (tes
 at every keep ratio, on every dataset, is the setting's gIoU or J&F at least the baseline's? By default
 against k-center and DivPrune; the test also has random and uniform (`--baselines
 kcenter,divprune,random,uniform`). Settings are told apart by their options that differ from today's
-defaults, so two spellings of one setting count once; a run made under other defaults must have spelled
-its options out. Prints one line per setting (checks held, mean over its cells, misses) and then every
-miss with both numbers.
+defaults, so two spellings of one setting count once. A run records what each name meant (results meta
+`pruner_options`); one from before that record was read with today's defaults, so under other defaults
+it must have spelled its options out. Prints one line per setting (checks held, mean over its cells,
+misses) and then every miss with both numbers.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def main() -> None:
     rows = []
     try:
         for run, label in zip(args.runs, run_labels(args.runs)):
-            rows += [{**row, "dataset": f"{label}: {row['dataset']}"} for row in read_results(run)["rows"]]
+            results = read_results(run)
+            options = results["meta"].get("pruner_options") or {}
+            rows += [{**row, "dataset": f"{label}: {row['dataset']}", "pruner_options": options.get(row["pruner"])}
+                     for row in results["rows"]]
         checks = bars_on_rows(rows, args.candidate, args.baselines.split(","), ratios)
     except (EvtpError, ValueError) as exc:
         parser.exit(2, f"error: {exc}\n")

@@ -326,3 +326,14 @@ def test_shards_replayed_in_dataset_order_equal_one_pass(tmp_path, spec):
     strip = lambda rows: [{k: v for k, v in r.items() if k not in MEASURED_COLUMNS} for r in rows]  # noqa: E731
     assert strip(merged) == strip(one)
     assert one[1]["n_failed"] == 1 and one[2]["not_applicable"] == "needs attention maps" and one[2]["n_samples"] == 0
+
+
+def test_results_meta_records_what_each_name_meant(capsys, tmp_path):
+    code, _, err = cli(capsys, "sweep-ratios", "-d", "synthetic-image:n=2", "-p", "evtp:mode=global,kcenter", "-r", "0.2",
+                       "-o", str(tmp_path / "out"))
+    assert code == 0, err
+    meta = read_results(tmp_path / "out")["meta"]
+    assert meta["pruner_options"]["evtp:mode=global"] == {"spatial_weight": 0.5, "info_weight": 1.0, "temporal_scale": 1.0,
+                                                          "temperature": 1.0, "mode": "global", "at": "llm-input"}
+    assert meta["pruner_options"]["kcenter"] == {"temperature": 1.0}
+    assert meta["dataset_options"]["synthetic-image:n=2"]["n"] == 2 and meta["dataset_options"]["synthetic-image:n=2"]["split"] == "test"

@@ -126,6 +126,14 @@ def test_bars_on_rows_by_hand():
     }
 
 
+def test_bars_on_rows_labels_a_run_by_the_options_it_recorded():
+    """A run made when evtp's default λ was 0.75 recorded that; its "evtp" is labelled by what it ran."""
+    then = {"spatial_weight": 0.75, "info_weight": 1.0, "temporal_scale": 1.0, "temperature": 1.0, "mode": "per-frame", "at": "llm-input"}
+    rows = [{**_row("img", "image", "evtp", 0.1, 0.9), "pruner_options": then}, _row("img", "image", "kcenter", 0.1, 0.85)]
+    assert [c.setting for c in bars_on_rows(rows, baselines=["kcenter"])] == ["evtp:spatial_weight=0.75"]
+    assert setting_label("evtp", {**then, "spatial_weight": 0.5}) == "evtp"
+
+
 def test_bars_on_rows_refuses_one_setting_with_two_results():
     rows = [_row("img", "image", "evtp", 0.1, 0.9), _row("img", "image", "evtp:spatial_weight=0.5", 0.1, 0.8),
             _row("img", "image", "kcenter", 0.1, 0.85)]

@@ -133,16 +133,19 @@ class BarCheck:
         return self.ours >= self.theirs  # the same strict reading as `judge`
 
 
-def setting_label(spec: str) -> str:
-    """A pruner spec as its name plus only the options that differ from the defaults, in the config's order,
-    so that two spellings of one setting (option order, defaults written out) get one label."""
+def setting_label(spec: str, options: dict[str, Any] | None = None) -> str:
+    """A pruner spec as its name plus only the options that differ from today's defaults, in the config's
+    order, so that two spellings of one setting (option order, defaults written out) get one label.
+
+    `options`: every option as the run resolved them (results meta `pruner_options`), which labels a run
+    made under other defaults by what it ran; without them the spec is read with today's defaults."""
     from evtp_cli.pruners import PRUNERS
     from evtp_cli.spec import parse_spec
 
     name = parse_spec(spec).name
-    config, default = PRUNERS.config_of(spec), PRUNERS.config_of(name)
-    changed = [f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config)
-               if getattr(config, f.name) != getattr(default, f.name)]
+    defaults = dataclasses.asdict(PRUNERS.config_of(name))
+    resolved = options if options is not None else dataclasses.asdict(PRUNERS.config_of(spec))
+    changed = [f"{key}={value}" for key, value in resolved.items() if key not in defaults or value != defaults[key]]
     return f"{name}:{','.join(changed)}" if changed else name
 
 
@@ -154,6 +157,7 @@ def bars_on_rows(
 ) -> list[BarCheck]:
     """Every "setting ≥ baseline" check the rows allow: each setting of the `candidate` pruner against each
     baseline, per model × dataset × ratio where both ran, on the task's primary metric (gIoU or J&F).
+    A row's `pruner_options` (its run's resolved options), where given, name its setting (`setting_label`).
     Rows of one setting spelled twice in one cell must agree (a run is deterministic); the first is used."""
     from evtp_cli.bench.report import PRIMARY_METRIC
     from evtp_cli.spec import parse_spec
@@ -169,12 +173,12 @@ def bars_on_rows(
         value = row.get(PRIMARY_METRIC.get(row.get("task"), "giou"))
         if value is None:
             continue
-        label = setting_label(row["pruner"])
+        label = setting_label(row["pruner"], row.get("pruner_options"))
         cell = cells.setdefault((row["model"], row["dataset"], ratio), {})
         if label in cell and cell[label] != float(value):
             raise ValueError(f"{row['dataset']} @ {ratio:g}: {label!r} ran twice with different results ({cell[label]} and "
-                             f"{value}); settings are read with today's defaults, so a run made under other defaults "
-                             "must spell every option out")
+                             f"{value}); a run without pruner_options in its meta is read with today's defaults, so one made "
+                             "under other defaults must spell every option out")
         cell.setdefault(label, float(value))
     checks = []
     for (model, dataset, ratio), cell in cells.items():

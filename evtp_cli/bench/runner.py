@@ -9,6 +9,8 @@ rank 0 merges them (see distributed.py).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,14 @@ class RunOutcome:
 
 def canonical(spec: str) -> str:
     return str(parse_spec(spec))
+
+
+def options_of(built: Any) -> dict[str, Any] | None:
+    """Every option of a built pruner or dataset, defaults included (its `config` dataclass), JSON-ready."""
+    config = getattr(built, "config", None)
+    if config is None or not dataclasses.is_dataclass(config):
+        return None
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def parse_ratios(values: list[str] | list[float]) -> list[float]:
@@ -254,6 +264,9 @@ def _evaluate_all(config, shard, datasets, out, meta, done, progress, advance, g
     budget = FailureBudget(config.max_failures)
     reasons: dict[str, str] = {}
     pruners = [(canonical(p), get_pruner(p)) for p in config.pruners]
+    # what each name meant in this run, defaults filled in, so the results stay readable after a default changes
+    meta["pruner_options"] = {name: options_of(pruner) for name, pruner in pruners}
+    meta["dataset_options"] = {canonical(spec): options_of(dataset) for spec, dataset in datasets}
     ratios = parse_ratios(config.ratios)
     log_path = out / (rs.rank_file(shard.rank) if shard.sharded else SAMPLES_JSONL)
     all_ranks_done = rs.DoneIndex(out) if shard.sharded and shard.main else None
