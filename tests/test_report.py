@@ -68,6 +68,7 @@ def test_report_md(sweep, capsys):
     text = (sweep / "report.md").read_text()
     assert text.startswith("# evtp results") and "## Accuracy by keep ratio" in text and "| uniform |" in text
     assert "pruners `uniform`, `random`; ratios 0.1, 0.5" in text  # what ran, for provenance
+    assert "- **pruner options**: uniform; random (seed=0)" in text  # and what each name meant
     for link in [part.split(")")[0] for part in text.split("](")[1:]]:
         assert (sweep / link).is_file(), link
     rows = read_results(sweep)["rows"]

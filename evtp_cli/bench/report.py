@@ -58,6 +58,13 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _described(entries: dict[str, Any]) -> str | None:
+    """`name (key=value, ...); ...` for the report's provenance: each entry with what it was run with."""
+    parts = [f"{name} ({', '.join(f'{k}={v}' for k, v in options.items() if k != 'name')})" if options else name
+             for name, options in entries.items()]
+    return "; ".join(parts) or None
+
+
 def plot_accuracy_vs_ratio(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """One PNG per model × dataset: primary accuracy against keep ratio, one line per pruner."""
     import matplotlib
@@ -202,7 +209,8 @@ def write_report(results_dir: str | Path, versus: str | None = None) -> Path:
     info = [
         ("command", f"`{meta.get('command')}`" if meta.get("command") else None),
         ("configuration", "; ".join(f"{k} {_joined(v)}" for k, v in config.items() if v not in (None, False, [])) or None),
-        ("models", "; ".join(f"{name} ({', '.join(f'{k}={v}' for k, v in m.items() if k != 'name')})" for name, m in models.items()) or None),
+        ("models", _described(models)),
+        ("pruner options", _described(meta.get("pruner_options") or {})),
         ("evtp", " ".join(x for x in (meta.get("evtp_version"), f"@ {meta['git_commit'][:10]}" if meta.get("git_commit") else None) if x)),
         ("torch", meta.get("torch_version")),
         ("device", " · ".join(str(x) for x in (meta.get("device"), meta.get("device_name")) if x) or None),
