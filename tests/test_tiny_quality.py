@@ -29,6 +29,7 @@ from evtp_cli.bench.quality import (
     setting_label,
 )
 from evtp_cli.models import load_model
+from evtp_cli.pruners import list_pruners
 
 # (dataset, bar) pairs that the shipped tiny-ivs weights and EVTP defaults miss (measured; see the module docstring)
 KNOWN_MISSES: set[tuple[str, str]] = {
@@ -99,6 +100,16 @@ def test_setting_label_folds_spellings_of_one_setting():
     assert setting_label("evtp:mode=per-frame,spatial_weight=0.5,info_weight=1") == "evtp"  # all defaults
     assert setting_label("evtp:mode=global,spatial_weight=0.25") == "evtp:spatial_weight=0.25,mode=global"  # config order
     assert setting_label("kcenter") == "kcenter"
+
+
+@pytest.mark.parametrize("name", list_pruners())
+def test_a_pruners_defaults_label_as_its_bare_name(name):
+    """Spelled bare, or recorded by a run with every default (as results.json gives it back): no options shown."""
+    from evtp_cli.bench.runner import options_of
+    from evtp_cli.pruners import get_pruner
+
+    assert setting_label(name) == name
+    assert setting_label(name, options_of(get_pruner(name))) == name
 
 
 def test_bars_on_rows_by_hand():

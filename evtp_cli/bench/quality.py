@@ -139,12 +139,13 @@ def setting_label(spec: str, options: dict[str, Any] | None = None) -> str:
 
     `options`: every option as the run resolved them (results meta `pruner_options`), which labels a run
     made under other defaults by what it ran; without them the spec is read with today's defaults."""
+    from evtp_cli.bench.runner import plain_options
     from evtp_cli.pruners import PRUNERS
     from evtp_cli.spec import parse_spec
 
     name = parse_spec(spec).name
-    defaults = dataclasses.asdict(PRUNERS.config_of(name))
-    resolved = options if options is not None else dataclasses.asdict(PRUNERS.config_of(spec))
+    defaults = plain_options(PRUNERS.config_of(name))
+    resolved = options if options is not None else plain_options(PRUNERS.config_of(spec))
     changed = [f"{key}={value}" for key, value in resolved.items() if key not in defaults or value != defaults[key]]
     return f"{name}:{','.join(changed)}" if changed else name
 

@@ -63,12 +63,17 @@ def canonical(spec: str) -> str:
     return str(parse_spec(spec))
 
 
+def plain_options(config: Any) -> dict[str, Any]:
+    """A config dataclass's options as they read back from results.json (JSON types: lists, not tuples)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
 def options_of(built: Any) -> dict[str, Any] | None:
     """Every option of a built pruner or dataset, defaults included (its `config` dataclass), JSON-ready."""
     config = getattr(built, "config", None)
     if config is None or not dataclasses.is_dataclass(config):
         return None
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    return plain_options(config)
 
 
 def parse_ratios(values: list[str] | list[float]) -> list[float]:
