@@ -41,6 +41,20 @@ def encode_capturing(model, sample, module: torch.nn.Module):
 _MODELS: dict[str, object] = {}
 
 
+def load_script(name: str):
+    """A script of benchmarks/ as a module, to call its functions and main() in-process. It is registered
+    in sys.modules (dataclasses look their module up there)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def cached_model(spec: str, build=None):
     """The model for `spec`, built once per session (by `build()` if given, else `load_model(spec)`), with
     normal parameters even when first asked for inside inference mode."""

@@ -11,16 +11,13 @@
 No test here measures time: the speed-ups are printed by benchmarks/bench_select.py.
 """
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import grid_coords
+from conftest import grid_coords, load_script
 from evtp_cli.pruners import get_pruner
 from evtp_cli.pruners.base import PruneContext, frame_index
 from evtp_cli.pruners.divprune import divprune_reference
@@ -299,11 +296,7 @@ def test_kcenter_equals_evtp_reference_without_space_and_information():
 
 
 def test_bench_select_runs_and_reports_json(capsys):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_select.py"
-    spec = importlib.util.spec_from_file_location("bench_select", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_select"] = bench  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_select")
     assert bench.main(["--json", "--image-tokens", "36", "--frames", "2", "--frame-tokens", "16", "--dims", "8", "--repeats", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     methods = {r["method"] for r in out["rows"]}

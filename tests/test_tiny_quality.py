@@ -153,15 +153,12 @@ def test_bars_on_rows_refuses_one_setting_with_two_results():
 
 
 def test_bars_on_runs_script(tmp_path, monkeypatch, capsys):
-    import importlib.util
     import json
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bars_on_runs.py"
-    spec = importlib.util.spec_from_file_location("bars_on_runs", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from conftest import load_script
+
+    module = load_script("bars_on_runs")
     run = tmp_path / "run"
     run.mkdir()
     rows = [_row("img", "image", "evtp", 0.1, 0.90), _row("img", "image", "evtp:spatial_weight=1", 0.1, 0.70),

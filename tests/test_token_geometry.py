@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "token_geometry.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("token_geometry", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def test_pair_means_by_hand():
-    geometry = _module()
+    geometry = load_script("token_geometry")
     # 5 tokens: 0, 1 background; 2, 3 object A's core; 4 half in object B (a core too)
     features = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [-1.0, 0.0]])
     distance = geometry.cosine_distances(features)
@@ -35,7 +26,7 @@ def test_pair_means_by_hand():
 
 
 def test_script_prints_each_place_and_refuses_videos(monkeypatch, capsys):
-    geometry = _module()
+    geometry = load_script("token_geometry")
     monkeypatch.setattr(sys, "argv", ["token_geometry.py", "synthetic-image:n=2,size=32", "--model", "tiny-ivs"])
     geometry.main()
     out = capsys.readouterr().out

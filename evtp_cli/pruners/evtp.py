@@ -17,9 +17,10 @@ Related public code read for the greedy step: DivPrune (github.com/vbdi/divprune
 
 Speed (docs/performance.md, "Selection speed"): `evtp_select` runs all frames as one batched greedy
 and, on CPU, builds distance rows only for the points it picks (k·N entries, not N²) where N is
-large, and the whole matrix where that is cheaper; on CUDA it runs the loop as one Triton kernel. `evtp_select_reference` is the straightforward form (full matrices,
-plain greedy, frame by frame). Both take their distances from the same functions, whose arithmetic
-gives the same bits for a single row as for the full matrix, so they return the same indices.
+large, and the whole matrix where that is cheaper; on CUDA it runs the loop as one Triton kernel.
+`evtp_select_reference` is the straightforward form (full matrices, plain greedy, frame by frame).
+Both take their distances from the same functions, whose arithmetic gives the same bits for a single
+row as for the full matrix, so they return the same indices.
 """
 
 from __future__ import annotations
@@ -329,8 +330,9 @@ def evtp_select(
     All frames are selected together as one batched greedy. On CPU, distance rows are built only for
     chosen points, unless the selection is small enough that the whole score matrices are cheaper
     (CPU_MATRIX_ENTRIES_PER_STEP); on CUDA the score matrices are built whole and the loop runs as one
-    Triton kernel where available. backend: "auto"; on CUDA "torch" or "triton" to force the loop's form (see
-    greedy.greedy_over_matrix); "reference" for the straightforward form (`evtp_select_reference`).
+    Triton kernel where available. backend: "auto"; on CUDA "torch" or "triton" to force the loop's
+    form (see greedy.greedy_over_matrix); "reference" for the straightforward form
+    (`evtp_select_reference`).
     """
     if backend not in ("auto", "torch", "triton", "reference"):
         raise ValueError(f"backend must be auto, torch, triton or reference, got {backend!r}")
