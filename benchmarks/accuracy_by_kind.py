@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from evtp_cli.bench import resume as rs
-from evtp_cli.bench.runner import open_dataset
 from evtp_cli.bench.results import sample_accuracy
+from evtp_cli.bench.runner import open_dataset
 
 
 def by_kind(out: Path, success: bool = False) -> tuple[pd.DataFrame, pd.Series]:

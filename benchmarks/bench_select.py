@@ -26,10 +26,10 @@ from typing import Callable
 
 import torch
 
+from evtp_cli.api import frame_index, keep_count
 from evtp_cli.errors import PrunerNotApplicable
-from evtp_cli.pruners import get_pruner, list_pruners
-from evtp_cli.pruners.base import frame_index, keep_count
 from evtp_cli.pruners import evtp as evtp_module
+from evtp_cli.pruners import get_pruner, list_pruners
 from evtp_cli.pruners.divprune import divprune_reference
 from evtp_cli.pruners.evtp import evtp_select, evtp_select_reference
 

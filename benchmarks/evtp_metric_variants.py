@@ -22,12 +22,13 @@ import time
 import numpy as np
 import torch
 
+from evtp_cli.api import frame_index
 from evtp_cli.bench.evaluate import Setting, evaluate_dataset
 from evtp_cli.data import load_dataset
 from evtp_cli.errors import EvtpError
 from evtp_cli.models import load_model
 from evtp_cli.pruners import get_pruner
-from evtp_cli.pruners.base import Pruner, frame_index
+from evtp_cli.pruners.base import Pruner
 from evtp_cli.pruners.evtp import allocate_budget, token_information
 
 CELLS = [

@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from token_geometry import cosine_distances, pair_means  # noqa: E402 (benchmarks/, the script's own folder)
 
 from evtp_cli.bench import resume as rs
 from evtp_cli.bench.evaluate import select_pre_llm
@@ -29,7 +30,6 @@ from evtp_cli.data.synthetic import generate_scene
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models import load_model
 from evtp_cli.pruners import get_pruner
-from token_geometry import cosine_distances, pair_means  # noqa: E402 (benchmarks/, the script's own folder)
 
 
 def main() -> None:

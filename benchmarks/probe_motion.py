@@ -19,11 +19,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from evtp_cli.data.frames import key_frame_indices
+from evtp_cli.api import key_frame_indices
 from evtp_cli.data.synthetic import SPLIT_CODES
 from evtp_cli.models.tiny import DEFAULT_WEIGHTS
 from evtp_cli.models.tiny_net import PATCH, group_starts, key_frame_coords
-from evtp_cli.models.tiny_train import MOTIONS, llm_forward, load, make_batch, token_labels
+from evtp_cli.models.tiny_train import (
+    MOTIONS,
+    llm_forward,
+    load,
+    make_batch,
+    token_labels,
+)
 
 SIZE, FRAMES, VIDEOS = 48, 8, 8
 

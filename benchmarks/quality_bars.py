@@ -17,7 +17,16 @@ import argparse
 import torch
 
 from evtp_cli.bench.paired import paired_markdown, paired_rows
-from evtp_cli.bench.quality import BARS, BASELINES, CASES, RATIOS, RecordLog, case_scores, judge, markdown_table
+from evtp_cli.bench.quality import (
+    BARS,
+    BASELINES,
+    CASES,
+    RATIOS,
+    RecordLog,
+    case_scores,
+    judge,
+    markdown_table,
+)
 from evtp_cli.errors import EvtpError
 from evtp_cli.models import load_model
 

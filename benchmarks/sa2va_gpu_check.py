@@ -150,8 +150,8 @@ def hook_equivalence(model, sample) -> dict:
     import numpy as np
     import torch
 
+    from evtp_cli.api import PrunePlan
     from evtp_cli.metrics.timing import StageTimer
-    from evtp_cli.models.base import PrunePlan
 
     tokens = model.encode(sample, StageTimer())
     hooked = model.greedy(model.prefill(tokens.state, PrunePlan(keep=torch.arange(tokens.count, device=model.device))))
@@ -298,7 +298,7 @@ def selection_equality(device: str) -> dict:
     also the Triton kernel against the torch loop."""
     import torch
 
-    from evtp_cli.pruners.base import frame_index
+    from evtp_cli.api import frame_index
     from evtp_cli.pruners.evtp import evtp_select, evtp_select_reference
 
     generator = torch.Generator().manual_seed(0)
@@ -344,10 +344,10 @@ def default_vision_layers(model, quick: bool) -> list[int]:
 def run_model(spec, args, image, video, pruner, rows, notes, env, extra=()) -> None:
     import torch
 
+    from evtp_cli.api import PrunePlan
     from evtp_cli.errors import EvtpError, PrunerNotApplicable
     from evtp_cli.metrics.timing import StageTimer
     from evtp_cli.models import load_model
-    from evtp_cli.models.base import PrunePlan
     from evtp_cli.pruners import get_pruner
 
     t0 = time.perf_counter()
@@ -452,7 +452,11 @@ def main(argv=None) -> int:
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
-        from transformers import InternVLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration, Sam2VideoModel  # noqa: F401
+        from transformers import (  # noqa: F401
+            InternVLForConditionalGeneration,
+            Qwen2_5_VLForConditionalGeneration,
+            Sam2VideoModel,
+        )
     except ImportError as exc:
         fail(f"cannot import what the check needs ({exc}); it needs torch and transformers with Qwen2.5-VL, InternVL and SAM2 video classes")
     env = environment(args.device)

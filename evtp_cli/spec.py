@@ -14,7 +14,17 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterable, Literal, TypeVar, Union, get_args, get_origin
+from typing import (
+    Any,
+    Callable,
+    Generic,
+    Iterable,
+    Literal,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
 
 from evtp_cli.errors import SpecError
 

@@ -7,28 +7,26 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import grid_coords
+
+from evtp_cli.api import LayerPrune, LLMState, PruneContext, PrunePlan, member_mean
 from evtp_cli.bench.evaluate import run_sample
 from evtp_cli.bench.runner import RunConfig, run
 from evtp_cli.data import load_dataset
 from evtp_cli.errors import PrunerNotApplicable
 from evtp_cli.models import load_model
-from evtp_cli.models.base import PrunePlan
+from evtp_cli.models.attention import attention_received, attention_rows
 from evtp_cli.pruners import PRUNERS, get_pruner, list_pruners
-from evtp_cli.pruners.base import PruneContext
 from evtp_cli.pruners.dart import dart_select
 from evtp_cli.pruners.prumerge import adaptive_count, iqr_outliers
-from evtp_cli.pruners.sparsevlm import dpc_knn_merge, pruning_layers, rater_index, schedule, stage_keep
-from evtp_cli.pruners.stages import (
-    LayerPrune,
-    LLMState,
-    attention_received,
-    attention_rows,
-    frame_budgets,
-    member_mean,
-    topk_sorted,
+from evtp_cli.pruners.sparsevlm import (
+    dpc_knn_merge,
+    pruning_layers,
+    rater_index,
+    schedule,
+    stage_keep,
 )
+from evtp_cli.pruners.stages import frame_budgets, topk_sorted
 from evtp_cli.pruners.vispruner import vispruner_select
 
 BASELINES = ["fastv", "sparsevlm", "visionzip", "fastervlm", "vispruner", "prumerge+", "tome", "dart"]

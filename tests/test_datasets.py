@@ -18,7 +18,11 @@ from evtp_cli.data import DATASETS, load_dataset
 from evtp_cli.data.base import LazyFrames
 from evtp_cli.data.export import FORMATS, export_synthetic
 from evtp_cli.data.files import strip_row_padding
-from evtp_cli.data.masks import decode_segmentation, mask_to_rectangles, rasterize_polygon
+from evtp_cli.data.masks import (
+    decode_segmentation,
+    mask_to_rectangles,
+    rasterize_polygon,
+)
 from evtp_cli.data.submission import SubmissionWriter, submission_prefix
 from evtp_cli.errors import DataError, SampleError, SpecError
 from evtp_cli.metrics.revos import ReVOSAccumulator, revos_accuracy, revos_robustness

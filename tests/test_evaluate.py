@@ -7,12 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from evtp_cli.bench.evaluate import REFERENCE, Setting, add_speedups, evaluate_dataset, sample_seed, score_sample
+from evtp_cli.api import Prediction, PruneContext, VisualTokens
+from evtp_cli.bench.evaluate import (
+    REFERENCE,
+    Setting,
+    add_speedups,
+    evaluate_dataset,
+    sample_seed,
+    score_sample,
+)
 from evtp_cli.bench.results import SampleLog
 from evtp_cli.data import load_dataset
-from evtp_cli.models.base import IVSModel, Prediction, VisualTokens
+from evtp_cli.models.base import IVSModel
 from evtp_cli.pruners import get_pruner
-from evtp_cli.pruners.base import PruneContext
 
 
 class OracleIfSeen(IVSModel):
@@ -104,7 +111,7 @@ def test_sample_seed_is_stable():
 @pytest.mark.parametrize("shape", [(8, 8), (2, 8, 8)])
 def test_ground_truth_off_the_sample_contract_is_blamed_on_the_dataset(shape):
     """[H, W] instead of [T, H, W], or a frame count other than the sample's: the reader's bug, said as such."""
-    from evtp_cli.data.base import Sample
+    from evtp_cli.api import Sample
     from evtp_cli.metrics import IoUAccumulator, JFAccumulator
 
     frame = np.zeros((8, 8, 3), np.uint8)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import run_cli
 
 from evtp_cli.pruners import PRUNERS, get_pruner
-from test_cli import run_cli
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 

@@ -5,8 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from evtp_cli.metrics import IoUAccumulator, JFAccumulator, boundary_f, region_similarity
-
+from evtp_cli.metrics import (
+    IoUAccumulator,
+    JFAccumulator,
+    boundary_f,
+    region_similarity,
+)
 
 # ---- independent reference: pixel loops and explicit Euclidean matching (no dilation) ----------
 

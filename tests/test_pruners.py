@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
-
 from conftest import grid_coords
+
+from evtp_cli.api import PruneContext, keep_count
 from evtp_cli.errors import PrunerNotApplicable, SpecError
 from evtp_cli.pruners import PRUNERS, get_pruner, list_pruners
-from evtp_cli.pruners.base import PruneContext, keep_count
 from evtp_cli.pruners.divprune import divprune_reference
 from evtp_cli.pruners.evtp import allocate_budget
 from evtp_cli.pruners.greedy import covering_radius

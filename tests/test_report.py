@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from test_cli import run_cli as cli
 
 from evtp_cli.bench.coverage import ALL_PRUNERS, spearman
 from evtp_cli.bench.report import pareto_front
 from evtp_cli.bench.results import read_results
 from evtp_cli.cli import main
-from test_cli import run_cli as cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SWEEP = ["sweep-ratios", "-d", "synthetic-image:n=6,size=32", "-p", "uniform,random", "-r", "0.1,0.5"]

@@ -4,7 +4,14 @@ import math
 import pandas as pd
 import pytest
 
-from evtp_cli.bench.results import ROW_COLUMNS, SampleLog, normalise_row, read_results, run_meta, write_results
+from evtp_cli.bench.results import (
+    ROW_COLUMNS,
+    SampleLog,
+    normalise_row,
+    read_results,
+    run_meta,
+    write_results,
+)
 from evtp_cli.errors import EvtpError
 
 

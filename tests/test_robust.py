@@ -4,12 +4,12 @@ import json
 import re
 
 import pytest
+from test_cli import run_cli as cli
 
 from evtp_cli.bench import evaluate as ev
-from evtp_cli.bench.resume import DoneIndex, load_done, merge_sample_files, repair_tail
 from evtp_cli.bench.results import read_results
+from evtp_cli.bench.resume import DoneIndex, load_done, merge_sample_files, repair_tail
 from evtp_cli.cli import main
-from test_cli import run_cli as cli
 
 METRICS = ["model", "dataset", "split", "task", "pruner", "ratio", "n_samples", "n_failed", "tokens_total", "tokens_kept",
            "giou", "ciou", "J", "F", "JF", "A", "R", "JF_referring", "JF_reasoning"]

@@ -20,15 +20,15 @@ import pytest
 import torch
 from conftest import SAMPLE_DATASETS, cached_model, encode_capturing
 
+from evtp_cli.api import LayerPrune, PrunePlan
 from evtp_cli.bench.evaluate import REFERENCE, prefill_gflops, run_sample
 from evtp_cli.bench.results import ROW_COLUMNS, read_results
 from evtp_cli.bench.runner import RunConfig, run
 from evtp_cli.metrics.timing import StageTimer
-from evtp_cli.models.base import PrunePlan
 from evtp_cli.models.hooks import decode_position_ids
 from evtp_cli.models.sa2va_inner import capture_inputs
 from evtp_cli.pruners import PRUNERS, get_pruner, list_pruners
-from evtp_cli.pruners.stages import LayerPrune, topk_sorted
+from evtp_cli.pruners.stages import topk_sorted
 
 FAMILIES = ["sa2va-qwen", "sa2va-internvl"]
 DATASETS = SAMPLE_DATASETS

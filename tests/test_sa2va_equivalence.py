@@ -17,12 +17,12 @@ import pytest
 import torch
 from conftest import cached_model
 
+from evtp_cli.api import PrunePlan
 from evtp_cli.bench.results import read_results
 from evtp_cli.data import load_dataset
 from evtp_cli.errors import EvtpError
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models import load_model
-from evtp_cli.models.base import PrunePlan
 from evtp_cli.models.hooks import prune_prefill
 
 FAMILIES = ["sa2va-qwen", "sa2va-internvl"]

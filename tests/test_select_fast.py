@@ -16,12 +16,12 @@ import math
 
 import pytest
 import torch
-
 from conftest import grid_coords, load_script
-from evtp_cli.pruners import get_pruner
-from evtp_cli.pruners.base import PruneContext, frame_index
-from evtp_cli.pruners.divprune import divprune_reference
+
+from evtp_cli.api import PruneContext, frame_index
 from evtp_cli.pruners import evtp as evtp_module
+from evtp_cli.pruners import get_pruner
+from evtp_cli.pruners.divprune import divprune_reference
 from evtp_cli.pruners.evtp import (
     allocate_budget,
     cosine_gram,
@@ -31,7 +31,12 @@ from evtp_cli.pruners.evtp import (
     positions,
     token_information,
 )
-from evtp_cli.pruners.greedy import greedy_farthest_point, greedy_over_matrix, greedy_rows, mask_self
+from evtp_cli.pruners.greedy import (
+    greedy_farthest_point,
+    greedy_over_matrix,
+    greedy_rows,
+    mask_self,
+)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

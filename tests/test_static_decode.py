@@ -15,18 +15,16 @@ import contextlib
 import numpy as np
 import pytest
 import torch
+from conftest import cached_model as model
+from test_sa2va_baselines import free_running
 
+from evtp_cli.api import LayerPrune, PrunePlan
 from evtp_cli.bench.evaluate import run_sample
 from evtp_cli.errors import EvtpError
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models import load_model
-from evtp_cli.models.base import PrunePlan
 from evtp_cli.models.sa2va_static import BUCKET
 from evtp_cli.pruners import get_pruner
-from evtp_cli.pruners.stages import LayerPrune
-
-from conftest import cached_model as model
-from test_sa2va_baselines import free_running
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -92,10 +92,10 @@ def test_widened_projector_projects_a_single_frame_as_before():
 def test_model_with_temporal_patch_merges_key_frame_pairs(tmp_path):
     """tiny-ivs built with temporal_patch=2: 4 key frames reach the LLM as 2 frames of tokens, which the
     pruner context, the coordinates and the mask prompt all follow."""
+    from evtp_cli.api import PrunePlan
     from evtp_cli.data import load_dataset
     from evtp_cli.metrics.timing import StageTimer
     from evtp_cli.models import load_model
-    from evtp_cli.models.base import PrunePlan
     from evtp_cli.models.tiny_train import save
 
     path = tmp_path / "tp2.safetensors"

@@ -17,20 +17,16 @@ import math
 
 import pytest
 import torch
-from conftest import encode_capturing
+from conftest import cached_model, encode_capturing
 
+from evtp_cli.api import InnerHook, PrunePlan, keep_count
 from evtp_cli.bench.evaluate import run_sample
 from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.metrics.timing import StageTimer
 from evtp_cli.models import load_model
-from evtp_cli.models.base import PrunePlan
 from evtp_cli.models.hooks import kept_sequence_index
 from evtp_cli.models.sa2va_qwen import Sa2VAQwen, qwen_window_index
 from evtp_cli.pruners import get_pruner
-from evtp_cli.pruners.base import keep_count
-from evtp_cli.pruners.stages import InnerHook
-
-from conftest import cached_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

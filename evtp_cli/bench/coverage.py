@@ -22,7 +22,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from evtp_cli.bench.evaluate import Setting, record_key, run_sample, score_sample, select_pre_llm
+from evtp_cli.bench.evaluate import (
+    Setting,
+    record_key,
+    run_sample,
+    score_sample,
+    select_pre_llm,
+)
 from evtp_cli.bench.results import sample_accuracy
 from evtp_cli.bench.tables import fmt_cell
 from evtp_cli.errors import EvtpError

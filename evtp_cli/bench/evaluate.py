@@ -16,14 +16,13 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from evtp_cli.api import Merged, PrunePlan, Sample, inner_hook, keep_count
 from evtp_cli.bench.results import LATENCY_COLUMNS, SampleLog
-from evtp_cli.data.base import Dataset, Sample
+from evtp_cli.data.base import Dataset
 from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.metrics import IoUAccumulator, JFAccumulator
 from evtp_cli.metrics.timing import STAGES, StageTimer
-from evtp_cli.models.base import IVSModel, PrunePlan
-from evtp_cli.pruners.base import Merged, keep_count
-from evtp_cli.pruners.stages import inner_hook
+from evtp_cli.models.base import IVSModel
 
 REFERENCE = "none"  # the pruner name of the unpruned reference rows
 

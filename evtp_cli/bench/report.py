@@ -187,9 +187,9 @@ def write_report(results_dir: str | Path, versus: str | None = None) -> Path:
     """RESULTS_DIR/report.md: provenance, the tables, the plots (regenerated next to it), the paired
     differences of `versus` (default: evtp, where the run has it) against the other pruners, and the
     failures, with relative image links so that the folder can be pasted or attached as it is."""
+    from evtp_cli.bench.coverage import COVERAGE_STAMP
     from evtp_cli.bench.paired import paired_markdown, paired_rows
     from evtp_cli.bench.results import read_results
-    from evtp_cli.bench.coverage import COVERAGE_STAMP
     from evtp_cli.bench.resume import done_fingerprint, load_done, read_records
 
     out = Path(results_dir)

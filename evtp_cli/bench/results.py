@@ -104,9 +104,9 @@ def command_line() -> str:
 
 def run_meta(seed: int, device: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Provenance for results.json: versions, commit, device, seed, command line, start time."""
-    import torch
-
     import importlib.metadata
+
+    import torch
 
     try:  # the installed version, without importing transformers (seconds per process)
         tf_version = importlib.metadata.version("transformers")

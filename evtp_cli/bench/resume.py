@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from evtp_cli.bench.evaluate import record_key
-from evtp_cli.bench.results import RESULTS_CSV, RESULTS_JSON, SAMPLES_JSONL, SampleLog, now_iso
+from evtp_cli.bench.results import (
+    RESULTS_CSV,
+    RESULTS_JSON,
+    SAMPLES_JSONL,
+    SampleLog,
+    now_iso,
+)
 from evtp_cli.errors import EvtpError
 
 RUN_JSON = "run.json"

@@ -16,8 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from evtp_cli.bench.evaluate import REFERENCE, FailureBudget, Setting, add_speedups, evaluate_dataset
-from evtp_cli.bench.results import SAMPLES_JSONL, SampleLog, prepare_output, run_meta, write_results
+from evtp_cli.bench.evaluate import (
+    REFERENCE,
+    FailureBudget,
+    Setting,
+    add_speedups,
+    evaluate_dataset,
+)
+from evtp_cli.bench.results import (
+    SAMPLES_JSONL,
+    SampleLog,
+    prepare_output,
+    run_meta,
+    write_results,
+)
 from evtp_cli.errors import DataError, EvtpError
 from evtp_cli.spec import parse_spec
 
@@ -103,7 +115,7 @@ def validate(config: RunConfig, decodes_pruned: bool = True) -> None:
     if not config.pruners or not config.ratios:
         raise EvtpError("give at least one pruner and one keep ratio (the unpruned reference runs with them)")
     if config.frames is not None:
-        from evtp_cli.data.frames import key_frame_indices
+        from evtp_cli.api import key_frame_indices
 
         try:
             key_frame_indices(8, config.frames)

@@ -54,7 +54,7 @@ def key_frames(sample: Any, model: Any, count: int) -> list[int]:
         return [0]
     policy = getattr(getattr(model, "config", None), "frames", None)
     if policy:
-        from evtp_cli.data.frames import key_frame_indices
+        from evtp_cli.api import key_frame_indices
 
         try:
             keys = list(key_frame_indices(total, policy))
@@ -147,7 +147,14 @@ def visualize(model_spec: str, dataset_spec: str, sample_ref: str | None, pruner
     """Write the token-map grid of one sample; returns (png path, the maps, the sample)."""
     from evtp_cli.bench.report import slug
     from evtp_cli.bench.results import prepare_output
-    from evtp_cli.bench.runner import RunConfig, _model_overrides, canonical, open_dataset, parse_ratios, validate
+    from evtp_cli.bench.runner import (
+        RunConfig,
+        _model_overrides,
+        canonical,
+        open_dataset,
+        parse_ratios,
+        validate,
+    )
     from evtp_cli.models import load_model
     from evtp_cli.pruners import get_pruner
 

@@ -130,7 +130,11 @@ def sweep_ratios(
     Writes results.json/csv, samples.jsonl, table.md, and per model × dataset an accuracy-vs-ratio and an
     accuracy-vs-latency (Pareto) plot. Under torchrun the samples are split across the processes.
     """
-    from evtp_cli.bench.report import plot_accuracy_vs_latency, plot_accuracy_vs_ratio, table_markdown
+    from evtp_cli.bench.report import (
+        plot_accuracy_vs_latency,
+        plot_accuracy_vs_ratio,
+        table_markdown,
+    )
     from evtp_cli.bench.runner import RunConfig
     from evtp_cli.spec import split_list_option
 

@@ -1,38 +1,14 @@
-"""The sample contract (docs/extending.md, "A new dataset") and the dataset base class."""
+"""The dataset base class and lazy frames; the sample contract itself is `evtp_cli.api.Sample`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-Task = Literal["image", "video"]
+from evtp_cli.api import Sample, Task
 
-
-@dataclass
-class Sample:
-    """One referring expression (or question) on one image or video.
-
-    frames: sequence (possibly lazy) of uint8 RGB arrays [H, W, 3]; one for an image.
-    masks: bool [T, H, W] ground truth for every frame (all-False where the target is absent), or None
-        for splits without public ground truth.
-    ignore: bool [T, H, W] pixels the metrics skip, or None.
-    meta: source ids (video_id/exp_id for video sets; ref_id/ann_id/image_id for RefCOCO...).
-    """
-
-    id: str
-    task: Task
-    text: str
-    frames: Sequence[np.ndarray]
-    masks: np.ndarray | None
-    ignore: np.ndarray | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.frames)
-
+__all__ = ["Dataset", "LazyFrames", "Sample", "Task"]
 
 class LazyFrames(Sequence[np.ndarray]):
     """Frames read on access by `loader(i)`, so a video's JPEGs are only decoded when a model asks."""

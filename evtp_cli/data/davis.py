@@ -14,7 +14,12 @@ Scores follow that MLLM protocol: J and F per frame, mean per expression, then m
 
 from __future__ import annotations
 
-from evtp_cli.data.rvos import Expression, YTVOSLayoutDataset, load_mask_dict, read_anno_ids
+from evtp_cli.data.rvos import (
+    Expression,
+    YTVOSLayoutDataset,
+    load_mask_dict,
+    read_anno_ids,
+)
 
 LAYOUT = """\
   ROOT/

@@ -23,7 +23,13 @@ from evtp_cli.data.davis import assign_anno_ids
 from evtp_cli.data.files import encode_jpeg
 from evtp_cli.data.masks import encode_rle, mask_to_rectangles
 from evtp_cli.data.rvos import Expression
-from evtp_cli.data.synthetic import SHAPES, Scene, SyntheticImage, SyntheticVideo, generate_scene
+from evtp_cli.data.synthetic import (
+    SHAPES,
+    Scene,
+    SyntheticImage,
+    SyntheticVideo,
+    generate_scene,
+)
 from evtp_cli.errors import SpecError
 
 SOURCE_SPLIT = "test"

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Literal
 
 from evtp_cli.data.files import require_dir
-from evtp_cli.data.rvos import Expression, ExpressionVideoDataset, load_mask_dict, read_anno_ids, read_expressions
+from evtp_cli.data.rvos import (
+    Expression,
+    ExpressionVideoDataset,
+    load_mask_dict,
+    read_anno_ids,
+    read_expressions,
+)
 
 LAYOUT = """\
   ROOT/

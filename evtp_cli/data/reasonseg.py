@@ -17,8 +17,15 @@ from typing import Literal
 
 import numpy as np
 
-from evtp_cli.data.base import Dataset, Sample
-from evtp_cli.data.files import get_field, image_size, load_json, require_dir, single_image
+from evtp_cli.api import Sample
+from evtp_cli.data.base import Dataset
+from evtp_cli.data.files import (
+    get_field,
+    image_size,
+    load_json,
+    require_dir,
+    single_image,
+)
 from evtp_cli.data.masks import rasterize_polygon
 from evtp_cli.errors import DataError, SampleError
 

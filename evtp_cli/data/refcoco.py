@@ -21,8 +21,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from evtp_cli.data.base import Dataset, Sample
-from evtp_cli.data.files import get_field, load_json, load_pickle, require_dir, single_image
+from evtp_cli.api import Sample
+from evtp_cli.data.base import Dataset
+from evtp_cli.data.files import (
+    get_field,
+    load_json,
+    load_pickle,
+    require_dir,
+    single_image,
+)
 from evtp_cli.data.masks import decode_segmentation, union
 from evtp_cli.errors import DataError, SampleError
 

@@ -22,7 +22,13 @@ import numpy as np
 
 from evtp_cli.data.files import get_field, load_json, require_dir, require_file
 from evtp_cli.data.masks import frame_masks_from_rles
-from evtp_cli.data.rvos import Expression, ExpressionVideoDataset, load_mask_dict, read_anno_ids, read_expressions
+from evtp_cli.data.rvos import (
+    Expression,
+    ExpressionVideoDataset,
+    load_mask_dict,
+    read_anno_ids,
+    read_expressions,
+)
 from evtp_cli.errors import DataError, SampleError
 
 SUBSETS = {0: "referring", 1: "reasoning"}

@@ -17,8 +17,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from evtp_cli.data.base import Dataset, Sample
-from evtp_cli.data.files import VideoFrames, get_field, load_json, load_pickle, open_video_frames, require_dir
+from evtp_cli.api import Sample
+from evtp_cli.data.base import Dataset
+from evtp_cli.data.files import (
+    VideoFrames,
+    get_field,
+    load_json,
+    load_pickle,
+    open_video_frames,
+    require_dir,
+)
 from evtp_cli.data.masks import frame_masks_from_rles
 from evtp_cli.errors import DataError, SampleError
 

@@ -19,7 +19,8 @@ from typing import Literal
 
 import numpy as np
 
-from evtp_cli.data.base import Dataset, Sample
+from evtp_cli.api import Sample
+from evtp_cli.data.base import Dataset
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 45, 45),

@@ -16,72 +16,15 @@ vision features. A model never imports a pruner; pruners that act inside the mod
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
-from evtp_cli.data.base import Sample
+from evtp_cli.api import Prediction, PrunePlan, Sample, VisualTokens
 from evtp_cli.errors import EvtpError
 from evtp_cli.metrics.timing import StageTimer
-from evtp_cli.pruners.base import PruneContext
 
-
-@dataclass
-class VisualTokens:
-    """Visual tokens of one sample as the LLM would receive them.
-
-    features: [N, d] after the projector. coords: [N, 3] = (t, y, x) in [0, 1]. frame_ids: [N] index of
-    the key frame each token comes from. context: what this backend offers pruners. state: private to
-    the backend (full features for the mask decoder, prompt pieces, caches). frames_shown: the sample
-    frame that each frame id stands for (the first of its group where frames are merged), for pictures;
-    None: the key frames of the model's frame policy.
-    """
-
-    features: torch.Tensor
-    coords: torch.Tensor
-    frame_ids: torch.Tensor
-    context: PruneContext
-    state: Any = None
-    frames_shown: list[int] | None = None
-
-    @property
-    def count(self) -> int:
-        return int(self.features.shape[0])
-
-
-@dataclass
-class PrunePlan:
-    """What to keep. `keep=None` is the unpruned reference.
-
-    keep: sorted LongTensor of kept visual-token indices.
-    features / coords: replacement tokens aligned with `keep` (merging methods); None = the originals.
-    inner: for methods that act inside the model (stage "vision" or "llm"): a callable
-        `inner(hook_state)` the backend calls where the method acts, with `inner_keep` tokens to keep
-        (`evtp_cli.pruners.stages` documents the states and results). `inner_stage` says which hook:
-        "vision" (once, on the encoder output: `inner(VisionState) -> Merged`) or "llm" (before each
-        decoder layer in `inner_layers`: `inner(LLMState) -> LayerPrune | None`); `inner_layer` is the
-        first of those layers.
-    """
-
-    keep: torch.Tensor | None = None
-    features: torch.Tensor | None = None
-    coords: torch.Tensor | None = None
-    inner: Callable[..., Any] | None = None
-    inner_layer: int | None = None
-    inner_keep: int | None = None
-    inner_stage: str | None = None
-    inner_layers: tuple[int, ...] = ()
-
-
-@dataclass
-class Prediction:
-    """masks: bool [T, H, W] for every frame of the sample. text: the generated answer, if any."""
-
-    masks: np.ndarray
-    text: str = ""
-    extras: dict[str, Any] = field(default_factory=dict)
+__all__ = ["IVSModel", "check_device"]
 
 
 def check_device(device: str, allow_meta: bool = True) -> None:

@@ -46,13 +46,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from evtp_cli.data.base import Sample
-from evtp_cli.data.frames import key_frame_indices
+from evtp_cli.api import (
+    Prediction,
+    PruneContext,
+    PrunePlan,
+    Sample,
+    VisionState,
+    VisualTokens,
+    key_frame_indices,
+)
 from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.metrics.timing import StageTimer, TimedSpan
-from evtp_cli.models.base import IVSModel, Prediction, PrunePlan, VisualTokens
+from evtp_cli.models.base import IVSModel
 from evtp_cli.models.hooks import PrunedPrefill, decode_position_ids, prune_prefill
-from evtp_cli.models.sa2va_inner import LLMPruneHooks, VisionSide
 from evtp_cli.models.sa2va_common import (
     SEG_TOKEN,
     SegProjection,
@@ -63,11 +69,14 @@ from evtp_cli.models.sa2va_common import (
     to_rgb_array,
     token_id,
 )
-from evtp_cli.models.sa2va_sam2 import Sa2VAMaskDecoder, mask_downsampler_layers, sam2_config
+from evtp_cli.models.sa2va_inner import LLMPruneHooks, VisionSide
+from evtp_cli.models.sa2va_sam2 import (
+    Sa2VAMaskDecoder,
+    mask_downsampler_layers,
+    sam2_config,
+)
 from evtp_cli.models.sa2va_static import StaticDecoder, StaticDecoders, check_static
 from evtp_cli.models.sa2va_weights import MappingError, NameMap, check_complete
-from evtp_cli.pruners.base import PruneContext
-from evtp_cli.pruners.stages import VisionState
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKPOINT_LAYOUT = (
@@ -449,7 +458,6 @@ class Sa2VABackend(IVSModel):
 
     def _load_tokenizer(self, path: Path):
         from transformers import AutoTokenizer
-
         from transformers.utils import logging as hf_logging
 
         verbosity = hf_logging.get_verbosity()

@@ -95,7 +95,14 @@ def build_word_tokenizer():
     Built in memory (the `tokenizers` library), so the random presets run offline; lower-cases, splits
     words, punctuation and newlines; unknown words map to `<unk>`.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     words = ["\n" if w == "\n" else w for w in WORDS if w]

@@ -44,9 +44,9 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from evtp_cli.api import LayerPrune, LLMState, PrunePlan, member_mean
 from evtp_cli.errors import PrunerNotApplicable
-from evtp_cli.models.base import PrunePlan
-from evtp_cli.pruners.stages import LayerPrune, LLMState, attention_rows, member_mean
+from evtp_cli.models.attention import attention_rows
 
 QUERY_CHUNK = 1024  # query rows per softmax block when averaging attention over a whole image
 

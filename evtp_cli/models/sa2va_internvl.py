@@ -37,7 +37,13 @@ import torch
 
 from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.models.hooks import PrunedPrefill
-from evtp_cli.models.sa2va_base import OUT_OF_SCOPE, Sa2VABackend, Sa2VAOptions, Sa2VAState, pooled
+from evtp_cli.models.sa2va_base import (
+    OUT_OF_SCOPE,
+    Sa2VABackend,
+    Sa2VAOptions,
+    Sa2VAState,
+    pooled,
+)
 from evtp_cli.models.sa2va_common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -50,7 +56,13 @@ from evtp_cli.models.sa2va_common import (
     token_id,
     with_time,
 )
-from evtp_cli.models.sa2va_inner import VisionSide, capture_inputs, cls_received, first_input, once
+from evtp_cli.models.sa2va_inner import (
+    VisionSide,
+    capture_inputs,
+    cls_received,
+    first_input,
+    once,
+)
 from evtp_cli.models.sa2va_tower import internvl_in_tower, shuffle_groups
 from evtp_cli.models.sa2va_weights import NameMap, internvl_map
 

@@ -37,9 +37,30 @@ import numpy as np
 import torch
 
 from evtp_cli.errors import EvtpError
-from evtp_cli.models.sa2va_base import OUT_OF_SCOPE, Sa2VABackend, Sa2VAOptions, Sa2VAState, pooled
-from evtp_cli.models.sa2va_common import QwenPatching, frame_time, grid_yx, qwen_patches, qwen_prompt, token_id, with_time
-from evtp_cli.models.sa2va_inner import VisionSide, capture_inputs, first_input, mean_received, module_function, once
+from evtp_cli.models.sa2va_base import (
+    OUT_OF_SCOPE,
+    Sa2VABackend,
+    Sa2VAOptions,
+    Sa2VAState,
+    pooled,
+)
+from evtp_cli.models.sa2va_common import (
+    QwenPatching,
+    frame_time,
+    grid_yx,
+    qwen_patches,
+    qwen_prompt,
+    token_id,
+    with_time,
+)
+from evtp_cli.models.sa2va_inner import (
+    VisionSide,
+    capture_inputs,
+    first_input,
+    mean_received,
+    module_function,
+    once,
+)
 from evtp_cli.models.sa2va_tower import qwen_in_tower
 from evtp_cli.models.sa2va_weights import NameMap, qwen_map
 

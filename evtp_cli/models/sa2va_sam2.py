@@ -35,7 +35,10 @@ from evtp_cli.models.sa2va_common import sam2_pixels
 def sam2_config(preset: str):
     """`tiny` (a few small layers at 128 px, for tests) or `hiera-l` (SAM 2.0 Hiera-L at 1024 px, as Sa2VA)."""
     from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VisionConfig
-    from transformers.models.sam2_video.configuration_sam2_video import Sam2VideoMaskDecoderConfig, Sam2VideoPromptEncoderConfig
+    from transformers.models.sam2_video.configuration_sam2_video import (
+        Sam2VideoMaskDecoderConfig,
+        Sam2VideoPromptEncoderConfig,
+    )
 
     if preset == "hiera-l":
         hiera = Sam2HieraDetConfig(
@@ -165,7 +168,9 @@ class Sa2VAMaskDecoder:
         return out
 
     def _session(self, features: list[dict]):
-        from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+        from transformers.models.sam2_video.modeling_sam2_video import (
+            Sam2VideoInferenceSession,
+        )
 
         device = features[0]["vision_feats"][0].device
         session = Sam2VideoInferenceSession(

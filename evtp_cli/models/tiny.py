@@ -24,14 +24,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evtp_cli.data.base import Sample
-from evtp_cli.data.frames import key_frame_indices
+from evtp_cli.api import (
+    LayerPrune,
+    LLMState,
+    Prediction,
+    PruneContext,
+    PrunePlan,
+    Sample,
+    VisionState,
+    VisualTokens,
+    key_frame_indices,
+    member_mean,
+)
 from evtp_cli.errors import EvtpError, PrunerNotApplicable
 from evtp_cli.metrics.timing import StageTimer
-from evtp_cli.models.base import IVSModel, Prediction, PrunePlan, VisualTokens
-from evtp_cli.models.tiny_net import PATCH, SEG, grid_coords, group_frames, group_starts, key_frame_coords
-from evtp_cli.pruners.base import PruneContext
-from evtp_cli.pruners.stages import LayerPrune, LLMState, VisionState, attention_received, attention_rows, member_mean
+from evtp_cli.models.attention import attention_received, attention_rows
+from evtp_cli.models.base import IVSModel
+from evtp_cli.models.tiny_net import (
+    PATCH,
+    SEG,
+    grid_coords,
+    group_frames,
+    group_starts,
+    key_frame_coords,
+)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_WEIGHTS = ASSETS / "tiny_ivs.safetensors"

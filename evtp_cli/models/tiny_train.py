@@ -32,9 +32,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evtp_cli.data.frames import key_frame_indices
-from evtp_cli.data.synthetic import COLOURS, SHAPES, SPLIT_CODES, VOCABULARY, SceneConfig, generate_scene
-from evtp_cli.models.tiny_net import PATCH, SEG, TinyArch, TinyIVSNet, grid_coords, group_starts, key_frame_coords
+from evtp_cli.api import key_frame_indices
+from evtp_cli.data.synthetic import (
+    COLOURS,
+    SHAPES,
+    SPLIT_CODES,
+    VOCABULARY,
+    SceneConfig,
+    generate_scene,
+)
+from evtp_cli.models.tiny_net import (
+    PATCH,
+    SEG,
+    TinyArch,
+    TinyIVSNet,
+    grid_coords,
+    group_starts,
+    key_frame_coords,
+)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MOTIONS = ["up", "down", "left", "right", None]  # None: still, or no dominant direction

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from evtp_cli.pruners.base import PruneContext
-from evtp_cli.pruners.stages import LLMPruner, LLMState
+from evtp_cli.api import LLMState, PruneContext
+from evtp_cli.pruners.stages import LLMPruner
 
 
 def dart_select(

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from evtp_cli.pruners.base import PruneContext, Pruner
+from evtp_cli.api import PruneContext
+from evtp_cli.pruners.base import Pruner
 from evtp_cli.pruners.greedy import greedy_over_matrix, mask_self
 
 

@@ -33,8 +33,15 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from evtp_cli.pruners.base import PruneContext, Pruner, frame_index
-from evtp_cli.pruners.greedy import Array, greedy_farthest_point, greedy_over_matrix, greedy_rows, mask_self
+from evtp_cli.api import PruneContext, frame_index
+from evtp_cli.pruners.base import Pruner
+from evtp_cli.pruners.greedy import (
+    Array,
+    greedy_farthest_point,
+    greedy_over_matrix,
+    greedy_rows,
+    mask_self,
+)
 
 # ---------------------------------------------------------------------------------------------
 # pure functions

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from evtp_cli.pruners.base import PruneContext
-from evtp_cli.pruners.stages import LLMPruner, LLMState, topk_sorted
+from evtp_cli.api import LLMState, PruneContext
+from evtp_cli.pruners.stages import LLMPruner, topk_sorted
 
 
 def fastv_scores(state: LLMState) -> torch.Tensor:

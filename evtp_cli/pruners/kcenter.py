@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from evtp_cli.pruners.base import PruneContext, Pruner
+from evtp_cli.api import PruneContext
+from evtp_cli.pruners.base import Pruner
 from evtp_cli.pruners.evtp import evtp_select
 
 

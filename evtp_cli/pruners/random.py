@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from evtp_cli.pruners.base import PruneContext, Pruner
+from evtp_cli.api import PruneContext
+from evtp_cli.pruners.base import Pruner
 
 
 def random_indices(n: int, k: int, seed: int) -> torch.Tensor:

@@ -43,8 +43,8 @@ from dataclasses import dataclass
 
 import torch
 
-from evtp_cli.pruners.base import PruneContext, PrunerNotApplicable
-from evtp_cli.pruners.stages import LayerPrune, LLMPruner, LLMState, log_distance, topk_sorted
+from evtp_cli.api import LayerPrune, LLMState, PruneContext, PrunerNotApplicable
+from evtp_cli.pruners.stages import LLMPruner, log_distance, topk_sorted
 
 PUBLIC_LAYERS = (2, 6, 15)
 PUBLIC_DEPTH = 32

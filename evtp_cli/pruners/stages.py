@@ -37,23 +37,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from evtp_cli.pruners.base import Merged, PruneContext, Pruner, PrunerNotApplicable, check_inputs, frame_index
+from evtp_cli.api import (
+    LayerPrune,
+    LLMState,
+    Merged,
+    PruneContext,
+    PrunerNotApplicable,
+    check_inputs,
+    frame_index,
+    member_mean,
+)
+from evtp_cli.pruners.base import Pruner
 
 __all__ = [
-    "InnerHook",
+    "FrameResult",
     "LLMPruner",
-    "LLMState",
-    "LayerPrune",
     "VisionPruner",
-    "VisionState",
-    "attention_received",
-    "attention_rows",
+    "check_layer",
     "frame_budgets",
-    "member_mean",
+    "log_distance",
     "topk_sorted",
 ]
 
@@ -65,41 +71,6 @@ def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k largest scores, ties to the lower index, returned in ascending index order."""
     order = torch.sort(scores.float(), descending=True, stable=True).indices
     return torch.sort(order[:k]).values
-
-
-def attention_rows(q: torch.Tensor, k: torch.Tensor, queries: torch.Tensor | None = None, causal: bool = True) -> torch.Tensor:
-    """Softmax attention probabilities recomputed from q/k of one layer.
-
-    q, k: [H, L, dh] (after any rotary embedding); queries: positions of the rows wanted (None: all).
-    Returns [H, q, L], scaled by dh^-0.5; with `causal`, row p sees keys <= p.
-    """
-    rows = torch.arange(q.shape[1], device=q.device) if queries is None else queries.to(q.device)
-    logits = q[:, rows].float() @ k.float().transpose(-1, -2) * (q.shape[-1] ** -0.5)
-    if causal:
-        future = torch.arange(k.shape[1], device=q.device)[None, :] > rows[:, None]
-        logits = logits.masked_fill(future[None], float("-inf"))
-    return torch.softmax(logits, dim=-1)
-
-
-def attention_received(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Mean attention each token receives ([B, H, n, dh] q/k of a bidirectional layer -> [B, n]).
-
-    The substitute for [CLS] attention in encoders without a [CLS] token (as VisionZip does for
-    SigLIP): the column mean of the attention map over heads and queries.
-    """
-    probs = torch.softmax(q.float() @ k.float().transpose(-1, -2) * (q.shape[-1] ** -0.5), dim=-1)
-    return probs.mean(dim=(1, 2))
-
-
-def member_mean(values: torch.Tensor, sizes: torch.Tensor, members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Size-weighted means over groups: values [n, c], sizes [n], members bool [m, n] -> ([m, c], sizes [m]).
-
-    A merged token's coordinates are the size-weighted mean of its members' (each member weighs the
-    number of original tokens it already stands for).
-    """
-    weights = members.to(values.dtype) * sizes.to(values.dtype)[None]
-    total = weights.sum(dim=1)
-    return (weights @ values) / total.clamp_min(1e-12)[:, None], total
 
 
 def frame_budgets(sizes: list[int], k: int) -> list[int]:
@@ -119,110 +90,6 @@ def frame_budgets(sizes: list[int], k: int) -> list[int]:
 
 # ---------------------------------------------------------------------------------------------
 # the hook interface
-
-
-@dataclass
-class VisionState:
-    """What a backend gives a "vision" method: vision-space tokens right after the encoder.
-
-    features: [N, C] before the projector, one row per visual token the LLM would see.
-    coords: [N, 3] (t, y, x). context: the sample's context (frame ids; attention and keys of the
-    encoder layer the method reads, possibly as lazy providers).
-    """
-
-    features: torch.Tensor
-    coords: torch.Tensor
-    context: PruneContext
-
-
-@dataclass
-class LLMState:
-    """What a backend gives an "llm" method before decoder layer `layer` during prefill (batch size 1).
-
-    hidden: [L, D] input of layer `layer` (the output of layer `layer - 1`) for the current sequence.
-    visual: [n] ascending positions of the current visual tokens in `hidden`; coords: their [n, 3].
-    text: [T] positions of the instruction tokens after the visual tokens (chat-template tail included).
-    attention(queries) -> [H, q, L]: layer `layer - 1`'s causal attention probabilities for those query
-        positions, recomputed from its q/k. keys() -> [H, L, dh]: layer `layer - 1`'s keys.
-    norm: the LLM's final norm. inputs: [L0, D] the LLM's input embeddings of the unpruned sequence,
-    with inputs_visual [N0] / inputs_text [T] the visual and instruction positions in it.
-    """
-
-    layer: int
-    depth: int
-    hidden: torch.Tensor
-    visual: torch.Tensor
-    text: torch.Tensor
-    coords: torch.Tensor
-    attention: Callable[[torch.Tensor], torch.Tensor]
-    keys: Callable[[], torch.Tensor]
-    norm: Callable[[torch.Tensor], torch.Tensor]
-    inputs: torch.Tensor
-    inputs_visual: torch.Tensor
-    inputs_text: torch.Tensor
-
-
-@dataclass
-class LayerPrune:
-    """An llm method's decision at one layer.
-
-    keep: sorted indices into the current visual tokens. merged: [m, D] hidden states of new visual
-    tokens placed right after the kept ones (SparseVLM's recycled tokens), or None. groups: [n] the
-    merged token each current visual token went into (-1: none), so the backend can give the new
-    tokens size-weighted coordinates.
-    """
-
-    keep: torch.Tensor
-    merged: torch.Tensor | None = None
-    groups: torch.Tensor | None = None
-
-    @property
-    def count(self) -> int:
-        return int(self.keep.numel()) + (0 if self.merged is None else int(self.merged.shape[0]))
-
-    def members(self, n: int, device: torch.device | str) -> torch.Tensor:
-        """[m, n] bool: which of the n current visual tokens each merged token stands for."""
-        groups = self.groups.to(device)
-        inside = torch.nonzero(groups >= 0).flatten()
-        members = torch.zeros(int(self.merged.shape[0]), n, dtype=torch.bool, device=device)
-        members[groups[inside], inside] = True
-        return members
-
-
-class InnerHook:
-    """A vision/llm method bound to one sample's budget and context: what `PrunePlan.inner` holds."""
-
-    def __init__(self, pruner: Pruner, k: int, context: PruneContext):
-        if pruner.stage not in ("vision", "llm"):
-            raise ValueError(f"{type(pruner).__name__} acts {pruner.stage}; only vision/llm methods have hooks")
-        self.pruner, self.k, self.context = pruner, k, context
-        self.stage = pruner.stage
-
-    @property
-    def vision_layer(self) -> int | None:
-        """For a vision method that selects inside the tower: the block whose output it selects at; else None."""
-        return getattr(self.pruner, "vision_layer", None) if self.stage == "vision" else None
-
-    def layers(self, depth: int | None) -> tuple[int, ...]:
-        """The decoder layers before which an llm method acts (empty for vision methods)."""
-        if self.stage != "llm":
-            return ()
-        if not depth:
-            raise PrunerNotApplicable(f"{self.pruner.name} acts inside the LLM; this backend does not say how many layers its LLM has")
-        return tuple(self.pruner.layers(depth))  # type: ignore[attr-defined]
-
-    def __call__(self, state: VisionState | LLMState) -> Any:
-        if self.stage == "vision":
-            return self.pruner.select_and_merge(state.features, state.coords, self.k, state.context)  # type: ignore[union-attr]
-        return self.pruner.prune_layer(state, self.k, self.context)  # type: ignore[attr-defined]
-
-
-def inner_hook(pruner: Pruner, k: int, context: PruneContext, backend_stages: tuple[str, ...], backend: str) -> InnerHook:
-    """The hook for a vision/llm method, or PrunerNotApplicable when the backend has no such hook."""
-    if pruner.stage not in backend_stages:
-        where = "right after the vision encoder" if pruner.stage == "vision" else "inside the LLM"
-        raise PrunerNotApplicable(f"{pruner.name} acts {where}; backend {backend} has no {pruner.stage} hook")
-    return InnerHook(pruner, k, context)
 
 
 # ---------------------------------------------------------------------------------------------

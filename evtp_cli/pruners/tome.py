@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
-from evtp_cli.pruners.stages import FrameResult, VisionPruner, member_mean
+from evtp_cli.api import member_mean
+from evtp_cli.pruners.stages import FrameResult, VisionPruner
 from evtp_cli.pruners.visionzip import key_metric
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from evtp_cli.pruners.base import PruneContext, Pruner, frame_index
+from evtp_cli.api import PruneContext, frame_index
+from evtp_cli.pruners.base import Pruner
 from evtp_cli.pruners.evtp import allocate_budget
 
 
